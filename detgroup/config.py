@@ -1,0 +1,188 @@
+"""The configuration schema: dataclasses with working defaults, YAML files and dotted overrides.
+
+The defaults are the recipe for the built-in synthetic set. A YAML file only overrides fields;
+``key=value`` arguments override both. An unknown key or a value of the wrong type is a
+:class:`~detgroup.errors.DetgroupError` that names the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from detgroup.data.synth import SynthConfig
+from detgroup.errors import DetgroupError
+
+BACKBONES = ("small", "resnet18", "resnet34", "resnet50")
+PAIR_LOSSES = ("bce", "kcl", "mcl", "ae")
+DECODERS = ("gaec-kl", "average", "components", "exact")
+CONSISTENCY = ("joint", "forbid")
+
+
+@dataclass
+class DataConfig:
+    """Where the COCO-with-groups files and their images are, and how to batch them."""
+
+    train_ann: str = "runs/synth/train/annotations.json"
+    train_images: str = "runs/synth/train/images"
+    val_ann: str = "runs/synth/val/annotations.json"
+    val_images: str = "runs/synth/val/images"
+    batch_size: int = 8
+    max_boxes_per_batch: int = 0  # 0: no cap; else batches are cut so B * Nmax stays below it
+    num_workers: int = 0
+    hflip_prob: float = 0.5
+
+
+@dataclass
+class BackboneConfig:
+    """A torchvision backbone; ``weights`` is a local state-dict file (never downloaded)."""
+
+    name: str = "small"
+    weights: str | None = None
+    frozen: bool = False
+    width: int = 32  # channels of the small convnet at stride 4 (ResNets ignore it)
+    out_channels: int = 64  # channels of the feature maps given to RoIAlign
+
+
+@dataclass
+class RelationConfig:
+    """The relational transformer over the boxes of one image (layers = 0: per-box only)."""
+
+    layers: int = 3
+    heads: int = 4
+    ffn_mult: int = 4
+    dropout: float = 0.0
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    relation: RelationConfig = field(default_factory=RelationConfig)
+    dim: int = 128
+    roi_size: int = 7
+    roi_canonical_scale: int = 224
+    pair_hidden: int = 128
+    num_clusters: int = 16  # assignment head size for the KCL/MCL losses
+    embed_dim: int = 16  # embedding size for the associative-embedding loss
+    pair_chunk: int = 256  # rows of the pair head computed at once at inference
+
+
+@dataclass
+class LossConfig:
+    pair: str = "bce"  # bce | kcl | mcl | ae
+    cls_weight: float = 1.0
+    pair_weight: float = 1.0
+    kcl_margin: float = 2.0
+    ae_margin: float = 1.0
+
+
+@dataclass
+class DecoderConfig:
+    method: str = "gaec-kl"
+    consistency: str = "joint"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    clip_grad: float = 1.0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # only on CUDA
+    eval_every: int = 1  # epochs
+    save_every_steps: int = 0  # 0: at the end of every epoch only
+    max_val_images: int = 0  # 0: the whole val set
+    tensorboard: bool = False
+    threads: int = 0  # torch CPU threads; 0: torch's default
+
+
+@dataclass
+class Config:
+    """Everything a run needs; saved with every run and inside every checkpoint."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    category_names: list[str] = field(default_factory=list)  # filled from the training data
+
+
+def _check(cfg: Config) -> None:
+    checks: list[tuple[bool, str]] = [
+        (cfg.model.backbone.name in BACKBONES, f"model.backbone.name must be one of {BACKBONES}"),
+        (cfg.loss.pair in PAIR_LOSSES, f"loss.pair must be one of {PAIR_LOSSES}"),
+        (cfg.decoder.method in DECODERS, f"decoder.method must be one of {DECODERS}"),
+        (cfg.decoder.consistency in CONSISTENCY,
+         f"decoder.consistency must be one of {CONSISTENCY}"),
+        (cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
+        (cfg.model.relation.layers >= 0, "model.relation.layers must be >= 0"),
+        (cfg.model.relation.heads >= 1, "model.relation.heads must be >= 1"),
+        (cfg.model.dim % cfg.model.relation.heads == 0,
+         "model.dim must be divisible by model.relation.heads"),
+        (cfg.model.dim >= 8, "model.dim must be >= 8"),
+        (cfg.model.roi_size >= 1, "model.roi_size must be >= 1"),
+        (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
+        (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
+        (cfg.train.lr > 0, "train.lr must be > 0"),
+        (0.0 <= cfg.data.hflip_prob <= 1.0, "data.hflip_prob must be in [0, 1]"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise DetgroupError(f"config: {message}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path`` (if any), then ``key=value`` overrides."""
+    try:
+        cfg = OmegaConf.structured(Config)
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise DetgroupError(f"{path}: config file not found")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise DetgroupError(f"config override {bad[0]!r} is not of the form key=value")
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        result = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        where = f"{path}: " if path is not None else ""
+        key = getattr(err, "full_key", None)
+        first_line = str(err).splitlines()[0]
+        raise DetgroupError(f"{where}config key {key!r}: {first_line}") from None
+    assert isinstance(result, Config)
+    _check(result)
+    return result
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a :class:`Config` from ``config_to_dict`` output (e.g. inside a checkpoint)."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data))
+        result = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise DetgroupError(f"config key {getattr(err, 'full_key', None)!r}: {err}") from None
+    assert isinstance(result, Config)
+    _check(result)
+    return result
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain-dict form of a config (for checkpoints and ``config.yaml``)."""
+    container = OmegaConf.to_container(OmegaConf.structured(cfg))
+    assert isinstance(container, dict)
+    return container
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,159 @@
+"""The Python API: ``Grouper.from_checkpoint(path).predict(image, boxes)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from detgroup.config import Config
+from detgroup.data.dataset import collate_groups
+from detgroup.data.images import read_image_rgb, to_rgb_uint8
+from detgroup.engine.checkpoint import load_model_from_checkpoint
+from detgroup.engine.evaluate import ImagePrediction, PostProcess
+from detgroup.errors import DetgroupError
+from detgroup.model.detector import GroupingModel
+
+
+@dataclass
+class GroupResult:
+    """Grouping of the boxes of one image.
+
+    ``categories`` [N] int (index into ``category_names``), ``groups`` [N] int (numbered from 0
+    within each category), ``scores`` [N] probability of each box's category,
+    ``group_scores`` {(category, group): confidence}, ``affinity`` [N, N] same-group
+    probabilities, ``class_probs`` [N, C], ``boxes`` [N, 4] xyxy px.
+    """
+
+    boxes: np.ndarray
+    categories: np.ndarray
+    groups: np.ndarray
+    scores: np.ndarray
+    group_scores: dict[tuple[int, int], float]
+    affinity: np.ndarray
+    class_probs: np.ndarray
+    category_names: list[str]
+
+    @classmethod
+    def from_prediction(cls, pred: ImagePrediction, names: list[str]) -> GroupResult:
+        return cls(pred.boxes, pred.categories, pred.groups, pred.scores, pred.group_scores,
+                   pred.affinity, pred.class_probs, names)
+
+    def group_list(self) -> list[dict[str, Any]]:
+        """One readable record per group: label, category, score, members, enclosing box."""
+        records = []
+        for (cat, grp), score in sorted(self.group_scores.items()):
+            members = np.flatnonzero((self.categories == cat) & (self.groups == grp))
+            b = self.boxes[members]
+            records.append({
+                "label": f"{self.category_names[cat]}/{grp}",
+                "category": self.category_names[cat],
+                "group_id": int(grp),
+                "score": round(float(score), 4),
+                "members": [int(i) for i in members],
+                "box": [round(float(v), 2) for v in (b[:, 0].min(), b[:, 1].min(),
+                                                      b[:, 2].max(), b[:, 3].max())],
+            })
+        return records
+
+
+def check_boxes(boxes: Any, height: int, width: int, *, source: str = "boxes") -> np.ndarray:
+    """Validate user boxes ``[N, 4]`` xyxy px and clip them to the image; return float32."""
+    try:
+        arr = np.asarray(boxes, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise DetgroupError(f"{source}: boxes must be numbers in an [N, 4] array") from None
+    if arr.size == 0:
+        return np.zeros((0, 4), dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise DetgroupError(f"{source}: boxes must have shape [N, 4], got {list(arr.shape)}")
+    bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
+    if bad.size:
+        raise DetgroupError(f"{source}: box {bad[0]} has a non-finite coordinate {arr[bad[0]]}")
+    arr = arr.copy()
+    arr[:, [0, 2]] = arr[:, [0, 2]].clip(0, width)
+    arr[:, [1, 3]] = arr[:, [1, 3]].clip(0, height)
+    bad = np.flatnonzero((arr[:, 2] <= arr[:, 0]) | (arr[:, 3] <= arr[:, 1]))
+    if bad.size:
+        raise DetgroupError(
+            f"{source}: box {bad[0]} {boxes[bad[0]] if hasattr(boxes, '__getitem__') else ''} "
+            "has no area inside the image (need x1 < x2 and y1 < y2, xyxy pixels)"
+        )
+    return arr
+
+
+class Grouper:
+    """A trained model plus its decoder, ready for images and boxes."""
+
+    def __init__(
+        self,
+        model: GroupingModel,
+        cfg: Config,
+        *,
+        device: str | torch.device = "cpu",
+        method: str | None = None,
+        consistency: str | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.cfg = cfg
+        self.postprocess = PostProcess(
+            method=method or cfg.decoder.method,
+            consistency=consistency or cfg.decoder.consistency,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, *, device: str = "cpu", method: str | None = None,
+        consistency: str | None = None,
+    ) -> Grouper:
+        """Load a checkpoint written by ``detgroup train`` (the config travels inside)."""
+        if device == "cuda" and not torch.cuda.is_available():
+            raise DetgroupError("device=cuda but no CUDA device is available")
+        model, cfg = load_model_from_checkpoint(path)
+        return cls(model, cfg, device=device, method=method, consistency=consistency)
+
+    @property
+    def category_names(self) -> list[str]:
+        return list(self.cfg.category_names)
+
+    def _item(self, image: str | Path | np.ndarray, boxes: Any, index: int) -> dict[str, Any]:
+        if isinstance(image, (str, Path)):
+            pixels = read_image_rgb(image)
+            source = str(image)
+        else:
+            source = f"image {index}"
+            pixels = to_rgb_uint8(np.asarray(image), source=source)
+        h, w = pixels.shape[:2]
+        arr = check_boxes(boxes, h, w, source=source)
+        tensor = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0
+        n = len(arr)
+        return {"image": tensor, "boxes": torch.from_numpy(arr),
+                "categories": torch.zeros(n, dtype=torch.long),
+                "groups": torch.zeros(n, dtype=torch.long), "image_id": index}
+
+    @torch.no_grad()
+    def predict(self, image: str | Path | np.ndarray, boxes: Any) -> GroupResult:
+        """Group ``boxes`` [N, 4] (xyxy pixels) of ``image`` (a path or HxWx3 uint8 RGB)."""
+        return self.predict_batch([image], [boxes])[0]
+
+    @torch.no_grad()
+    def predict_batch(
+        self, images: list[str | Path | np.ndarray], boxes: list[Any], *, batch_size: int = 8
+    ) -> list[GroupResult]:
+        """:meth:`predict` for many images, run ``batch_size`` at a time."""
+        if len(images) != len(boxes):
+            raise DetgroupError(f"got {len(images)} images but {len(boxes)} box arrays")
+        results: list[GroupResult] = []
+        for start in range(0, len(images), batch_size):
+            items = [self._item(images[i], boxes[i], i)
+                     for i in range(start, min(start + batch_size, len(images)))]
+            batch = collate_groups(items)
+            dev = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            out = self.model(dev["images"], dev["boxes"], dev["pad_mask"], dev["image_sizes"])
+            for pred in self.postprocess(out, dev["boxes"], batch["image_ids"]):
+                results.append(GroupResult.from_prediction(pred, self.category_names))
+        return results

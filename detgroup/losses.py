@@ -1,0 +1,137 @@
+"""GroupCriterion: a loss dict plus a weight dict (DETR style).
+
+``loss_cls``: cross-entropy on the categories of real (non-padding) boxes.
+
+``loss_pair``, one of:
+
+* ``bce`` — class-balanced binary cross-entropy on the pair logits: positives (same group) and
+  negatives each carry half of the weight, pooled over the batch. Pairs of different categories
+  are negatives (groups hold one category), which teaches the category constraint.
+* ``mcl`` — Meta Classification Likelihood (Hsu et al., ICLR 2019, "Multi-class classification
+  without multi-class labels"): BCE on s_ij = p_i · p_j of a soft cluster-assignment head.
+* ``kcl`` — KL-divergence contrastive loss (Hsu et al., ICLR 2018, "Learning to cluster in order
+  to transfer across domains and tasks"): KL(p_i ‖ p_j) is pulled to 0 for same-group pairs and
+  pushed above a margin (hinge) for others, each direction with one side held fixed, as in the
+  paper.
+* ``ae`` — associative embedding pull/push (Newell et al., 2017): members pulled to their
+  group's mean embedding, group means of one image pushed at least ``margin`` apart.
+
+The diagonal and every pair involving a padding box are masked out of all pair losses.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def pair_targets(groups: Tensor, pad_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Same-group targets and the mask of pairs that count.
+
+    Args:
+        groups: [B, N] dense group indices per image (padding: any value).
+        pad_mask: [B, N] bool, True where padding.
+
+    Returns:
+        target [B, N, N] float (1 = same group), valid [B, N, N] bool (off-diagonal, both real).
+    """
+    real = ~pad_mask
+    valid = real[:, :, None] & real[:, None, :]
+    eye = torch.eye(groups.shape[1], dtype=torch.bool, device=groups.device)
+    valid = valid & ~eye
+    target = (groups[:, :, None] == groups[:, None, :]).float()
+    return target, valid
+
+
+def balanced_bce(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """BCE where positives and negatives each weigh half (over the pairs in ``valid``)."""
+    pos = valid & (target > 0.5)
+    neg = valid & (target <= 0.5)
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    total = logits.new_zeros(())
+    parts = 0
+    for part in (pos, neg):
+        if part.any():
+            total = total + loss[part].mean()
+            parts += 1
+    return total / max(parts, 1)
+
+
+class GroupCriterion(nn.Module):
+    """Computes ``{"loss_cls", "loss_pair"}``; ``weight_dict`` says how they add up."""
+
+    def __init__(
+        self,
+        *,
+        pair_loss: str = "bce",
+        cls_weight: float = 1.0,
+        pair_weight: float = 1.0,
+        kcl_margin: float = 2.0,
+        ae_margin: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if pair_loss not in ("bce", "mcl", "kcl", "ae"):
+            raise ValueError(f"unknown pair loss {pair_loss!r}")
+        self.pair_loss = pair_loss
+        self.kcl_margin = kcl_margin
+        self.ae_margin = ae_margin
+        self.weight_dict = {"loss_cls": cls_weight, "loss_pair": pair_weight}
+
+    def forward(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> dict[str, Tensor]:
+        """
+        Args:
+            outputs: the model's dict (``pred_logits`` [B, N, C], ``pred_affinity`` [B, N, N],
+                ``pad_mask`` [B, N], and ``pred_assign`` / ``pred_embed`` for those losses).
+            targets: ``categories`` [B, N] (padding -1) and ``groups`` [B, N].
+        """
+        pad_mask = outputs["pad_mask"]
+        logits = outputs["pred_logits"].float()
+        categories = targets["categories"].masked_fill(pad_mask, -1)
+        if (~pad_mask).any():
+            loss_cls = F.cross_entropy(logits.flatten(0, 1), categories.flatten(), ignore_index=-1)
+        else:
+            loss_cls = logits.sum() * 0.0
+        target, valid = pair_targets(targets["groups"], pad_mask)
+        if not valid.any():
+            loss_pair = outputs["pred_affinity"].sum() * 0.0
+        elif self.pair_loss == "bce" or self.pair_loss == "mcl":
+            # MCL is BCE on logit(p_i · p_j), which is what the assignment head reports.
+            loss_pair = balanced_bce(outputs["pred_affinity"].float(), target, valid)
+        elif self.pair_loss == "kcl":
+            loss_pair = self._kcl(outputs["pred_assign"].float(), target, valid)
+        else:
+            loss_pair = self._ae(outputs["pred_embed"].float(), targets["groups"], pad_mask)
+        return {"loss_cls": loss_cls, "loss_pair": loss_pair}
+
+    def total(self, losses: dict[str, Tensor]) -> Tensor:
+        return sum(losses[k] * w for k, w in self.weight_dict.items())
+
+    def _kcl(self, assign_logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+        log_p = assign_logits.log_softmax(-1)  # [B, N, K]
+        p_fixed, log_p_fixed = log_p.exp().detach(), log_p.detach()
+        # KL(p_i ‖ p_j) with p_i held fixed as the target (the paper's KCL); the ordered pair
+        # (j, i) is also in ``valid``, which gives the other direction.
+        entropy = (p_fixed * log_p_fixed).sum(-1)  # [B, N]
+        kl = entropy[:, :, None] - p_fixed @ log_p.transpose(1, 2)  # [B, N, N]
+        loss = target * kl + (1 - target) * F.relu(self.kcl_margin - kl)
+        pos, neg = valid & (target > 0.5), valid & (target <= 0.5)
+        parts = [loss[m].mean() for m in (pos, neg) if m.any()]
+        return torch.stack(parts).mean()
+
+    def _ae(self, embed: Tensor, groups: Tensor, pad_mask: Tensor) -> Tensor:
+        b, n, _ = embed.shape
+        real = (~pad_mask).float()  # [B, N]
+        g_max = int(groups.masked_fill(pad_mask, -1).max().item()) + 1
+        onehot = F.one_hot(groups.clamp_min(0), g_max).float() * real[..., None]  # [B, N, G]
+        count = onehot.sum(1)  # [B, G]
+        present = count > 0
+        means = (onehot.transpose(1, 2) @ embed) / count.clamp_min(1)[..., None]  # [B, G, E]
+        member_mean = onehot @ means  # [B, N, E]
+        pull = ((embed - member_mean).pow(2).sum(-1) * real).sum() / real.sum().clamp_min(1)
+        dist = torch.cdist(means, means)  # [B, G, G]
+        pair_ok = present[:, :, None] & present[:, None, :]
+        pair_ok = pair_ok & ~torch.eye(g_max, dtype=torch.bool, device=embed.device)
+        push = F.relu(self.ae_margin - dist).pow(2)
+        push = push[pair_ok].mean() if pair_ok.any() else embed.sum() * 0.0
+        return pull + push

@@ -1,0 +1,117 @@
+"""GroupingModel: image + boxes → class logits and same-group pair logits."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from detgroup.config import Config
+from detgroup.model.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone
+from detgroup.model.heads import AssignmentHead, CategoryHead, EmbeddingHead, PairAffinityHead
+from detgroup.model.relation import RelationEncoder
+from detgroup.model.roi_extractor import RoITokenizer
+from detgroup.ops.boxes import pairwise_geometry
+
+
+class GroupingModel(nn.Module):
+    """Backbone → RoI tokens → relational transformer → category and pair heads.
+
+    ``forward`` returns a dict with ``pred_logits`` [B, N, C], ``pred_affinity`` [B, N, N]
+    (symmetric same-group logits), ``pad_mask`` [B, N], plus the raw output of the pair head
+    (``pred_assign`` [B, N, K] or ``pred_embed`` [B, N, E]) that its loss needs.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        tokenizer: RoITokenizer,
+        relation: RelationEncoder,
+        category_head: CategoryHead,
+        pair_head: nn.Module,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.relation = relation
+        self.category_head = category_head
+        self.pair_head = pair_head
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
+
+    def features(self, images: Tensor, image_sizes: Tensor):
+        """Backbone maps of a padded batch; pixels outside each image are zero after norm."""
+        h, w = images.shape[-2:]
+        x = (images - self.pixel_mean) / self.pixel_std  # [B, 3, H, W]
+        rows = torch.arange(h, device=images.device)[None, :, None] < image_sizes[:, 0, None, None]
+        cols = torch.arange(w, device=images.device)[None, None, :] < image_sizes[:, 1, None, None]
+        x = x * (rows & cols)[:, None].to(x.dtype)
+        return self.backbone(x)
+
+    def forward(
+        self,
+        images: Tensor,
+        boxes: Tensor,
+        pad_mask: Tensor | None = None,
+        image_sizes: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """
+        Args:
+            images: [B, 3, H, W] RGB in [0, 1], zero-padded bottom/right.
+            boxes: [B, N, 4] xyxy absolute pixels.
+            pad_mask: [B, N] bool, True where a box is padding (default: none).
+            image_sizes: [B, 2] (H, W) before padding (default: the tensor's size).
+        """
+        b, n = boxes.shape[:2]
+        if pad_mask is None:
+            pad_mask = torch.zeros(b, n, dtype=torch.bool, device=boxes.device)
+        if image_sizes is None:
+            image_sizes = torch.tensor([images.shape[-2:]] * b, device=images.device)
+        feats = self.features(images, image_sizes)
+        tokens = self.tokenizer(feats, boxes, image_sizes, tuple(images.shape[-2:]))  # [B, N, D]
+        h = self.relation(tokens, pairwise_geometry(boxes), pad_mask)  # [B, N, D]
+        out = {"pred_logits": self.category_head(h), "pad_mask": pad_mask}
+        out.update(self.pair_head(h, boxes))
+        return out
+
+
+def build_model(cfg: Config) -> GroupingModel:
+    """The one place that reads the config to build a model (``cfg.category_names`` set)."""
+    if not cfg.category_names:
+        raise ValueError("cfg.category_names must be filled (from the training data) first")
+    m = cfg.model
+    backbone = build_backbone(
+        name=m.backbone.name,
+        weights=m.backbone.weights,
+        frozen=m.backbone.frozen,
+        width=m.backbone.width,
+        out_channels=m.backbone.out_channels,
+    )
+    levels = ["0", "1"] if m.backbone.name == "small" else ["0", "1", "2", "3"]
+    tokenizer = RoITokenizer(
+        in_channels=m.backbone.out_channels,
+        featmap_names=levels,
+        dim=m.dim,
+        roi_size=m.roi_size,
+        canonical_scale=m.roi_canonical_scale,
+    )
+    relation = RelationEncoder(
+        dim=m.dim,
+        layers=m.relation.layers,
+        heads=m.relation.heads,
+        ffn_mult=m.relation.ffn_mult,
+        dropout=m.relation.dropout,
+    )
+    if cfg.loss.pair == "bce":
+        pair_head: nn.Module = PairAffinityHead(dim=m.dim, hidden=m.pair_hidden, chunk=m.pair_chunk)
+    elif cfg.loss.pair in ("kcl", "mcl"):
+        pair_head = AssignmentHead(dim=m.dim, num_clusters=m.num_clusters)
+    else:
+        pair_head = EmbeddingHead(dim=m.dim, embed_dim=m.embed_dim, margin=cfg.loss.ae_margin)
+    return GroupingModel(
+        backbone=backbone,
+        tokenizer=tokenizer,
+        relation=relation,
+        category_head=CategoryHead(dim=m.dim, num_classes=len(cfg.category_names)),
+        pair_head=pair_head,
+    )

@@ -1,0 +1,75 @@
+"""RoI features: MultiScaleRoIAlign on the backbone maps + box geometry → one token per box."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import Tensor, nn
+from torchvision.ops import MultiScaleRoIAlign
+
+from detgroup.ops.boxes import BOX_FEATURES, box_features
+
+
+class RoITokenizer(nn.Module):
+    """Turn the boxes of a padded batch into tokens ``[B, N, D]``.
+
+    Appearance: ``torchvision.ops.MultiScaleRoIAlign`` (level chosen by box size), flattened and
+    projected by a two-layer MLP. Position: an MLP on :func:`box_features`, added.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        featmap_names: list[str],
+        dim: int,
+        roi_size: int = 7,
+        sampling_ratio: int = 2,
+        canonical_scale: int = 224,
+    ) -> None:
+        super().__init__()
+        self.pool = MultiScaleRoIAlign(
+            featmap_names,
+            output_size=roi_size,
+            sampling_ratio=sampling_ratio,
+            canonical_scale=canonical_scale,
+        )
+        self.appearance = nn.Sequential(
+            nn.Flatten(1),
+            nn.Linear(in_channels * roi_size * roi_size, dim * 2),
+            nn.GELU(),
+            nn.Linear(dim * 2, dim),
+        )
+        self.position = nn.Sequential(nn.Linear(BOX_FEATURES, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.norm = nn.LayerNorm(dim)
+
+    def pooled(self, features: OrderedDict[str, Tensor], boxes: Tensor, padded_hw: tuple[int, int]
+               ) -> Tensor:
+        """RoIAlign output for every (padded) box: [B * N, C, roi, roi]."""
+        batch = boxes.shape[0]
+        return self.pool(features, list(boxes.unbind(0)), [padded_hw] * batch)
+
+    def forward(
+        self,
+        features: OrderedDict[str, Tensor],
+        boxes: Tensor,
+        image_sizes: Tensor,
+        padded_hw: tuple[int, int],
+    ) -> Tensor:
+        """
+        Args:
+            features: backbone maps of the padded batch, finest first.
+            boxes: [B, N, 4] xyxy absolute pixels (padding rows may be any finite box).
+            image_sizes: [B, 2] (H, W) of each image before padding.
+            padded_hw: (H, W) of the padded batch tensor.
+
+        Returns:
+            tokens [B, N, D].
+        """
+        batch, n = boxes.shape[:2]
+        if n == 0:
+            return boxes.new_zeros(batch, 0, self.norm.normalized_shape[0])
+        roi = self.pooled(features, boxes, padded_hw)  # [B * N, C, r, r]
+        tokens = self.appearance(roi).view(batch, n, -1)  # [B, N, D]
+        tokens = tokens + self.position(box_features(boxes, image_sizes))
+        return self.norm(tokens)

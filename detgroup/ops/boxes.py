@@ -1,0 +1,106 @@
+"""Box geometry: per-box encodings and pairwise relations, batched with padding.
+
+All boxes are ``(x1, y1, x2, y2)`` in absolute pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+BOX_FEATURES = 9
+PAIR_FEATURES = 7
+SYM_PAIR_FEATURES = 6
+_EPS = 1e-3
+
+
+def _signed_log(x: Tensor) -> Tensor:
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def box_features(boxes: Tensor, image_sizes: Tensor) -> Tensor:
+    """Normalised geometry of every box.
+
+    Args:
+        boxes: [B, N, 4] xyxy absolute pixels.
+        image_sizes: [B, 2] (H, W) of each image in pixels.
+
+    Returns:
+        [B, N, 9]: x1, y1, x2, y2, cx, cy, w, h as fractions of the image, and log(w / h).
+    """
+    hw = image_sizes.to(boxes.dtype)
+    scale = torch.stack([hw[:, 1], hw[:, 0]] * 2, dim=1)[:, None, :]  # [B, 1, 4]
+    norm = boxes / scale  # [B, N, 4]
+    w = (norm[..., 2] - norm[..., 0]).clamp_min(_EPS)
+    h = (norm[..., 3] - norm[..., 1]).clamp_min(_EPS)
+    cx = (norm[..., 0] + norm[..., 2]) / 2
+    cy = (norm[..., 1] + norm[..., 3]) / 2
+    aspect = torch.log(w / h)
+    return torch.cat([norm, torch.stack([cx, cy, w, h, aspect], dim=-1)], dim=-1)
+
+
+def pairwise_iou(boxes: Tensor) -> Tensor:
+    """IoU of every pair of boxes of each image: boxes [B, N, 4] → [B, N, N]."""
+    wh = (boxes[..., 2:] - boxes[..., :2]).clamp_min(0)  # [B, N, 2]
+    area = wh[..., 0] * wh[..., 1]  # [B, N]
+    lt = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])  # [B, N, N, 2]
+    rb = torch.minimum(boxes[:, :, None, 2:], boxes[:, None, :, 2:])  # [B, N, N, 2]
+    inter = (rb - lt).clamp_min(0).prod(-1)  # [B, N, N]
+    union = area[:, :, None] + area[:, None, :] - inter
+    return inter / union.clamp_min(_EPS)
+
+
+def _centres_sizes(boxes: Tensor) -> tuple[Tensor, Tensor]:
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2  # [B, N, 2]
+    size = (boxes[..., 2:] - boxes[..., :2]).clamp_min(_EPS)  # [B, N, 2] (w, h)
+    return centre, size
+
+
+def pairwise_geometry(boxes: Tensor) -> Tensor:
+    """Directed relation of box j to box i (Relation Networks style), for attention biases.
+
+    Args:
+        boxes: [B, N, 4] xyxy absolute pixels.
+
+    Returns:
+        [B, N, N, 7]: signed-log offsets dx, dy of j's centre in units of i's width/height,
+        log(w_j / w_i), log(h_j / h_i), IoU, signed-log centre distance in units of
+        sqrt(area_i), and the gap between the boxes (0 when they touch) in the same units.
+    """
+    centre, size = _centres_sizes(boxes)
+    delta = centre[:, None, :, :] - centre[:, :, None, :]  # [B, N, N, 2] (j - i)
+    rel = delta / size[:, :, None, :]  # [B, N, N, 2]
+    log_size = torch.log(size[:, None, :, :] / size[:, :, None, :])  # [B, N, N, 2]
+    scale_i = size.prod(-1).sqrt()[:, :, None]  # [B, N, 1]
+    dist = delta.norm(dim=-1) / scale_i  # [B, N, N]
+    gap = (delta.abs() - (size[:, None, :, :] + size[:, :, None, :]) / 2).clamp_min(0)
+    gap = gap.norm(dim=-1) / scale_i  # [B, N, N]
+    iou = pairwise_iou(boxes)
+    return torch.cat(
+        [_signed_log(rel), log_size, iou[..., None], torch.log1p(dist)[..., None],
+         torch.log1p(gap)[..., None]],
+        dim=-1,
+    )
+
+
+def symmetric_pair_geometry(boxes: Tensor) -> Tensor:
+    """Undirected relation of boxes i and j (equal for (i, j) and (j, i)), for the pair head.
+
+    Args:
+        boxes: [B, N, 4] xyxy absolute pixels.
+
+    Returns:
+        [B, N, N, 6]: log1p of |dx| and |dy| in units of the pair's mean size, |log w ratio|,
+        |log h ratio|, IoU, and log1p of the gap between the boxes in the same units.
+    """
+    centre, size = _centres_sizes(boxes)
+    delta = (centre[:, None, :, :] - centre[:, :, None, :]).abs()  # [B, N, N, 2]
+    mean_size = (size[:, None, :, :] + size[:, :, None, :]) / 2  # [B, N, N, 2]
+    rel = delta / mean_size
+    log_size = torch.log(size[:, None, :, :] / size[:, :, None, :]).abs()
+    gap = (delta - mean_size).clamp_min(0) / mean_size  # [B, N, N, 2]
+    iou = pairwise_iou(boxes)
+    return torch.cat(
+        [torch.log1p(rel), log_size, iou[..., None], torch.log1p(gap.norm(dim=-1))[..., None]],
+        dim=-1,
+    )

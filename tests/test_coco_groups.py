@@ -1,0 +1,197 @@
+"""COCO with groups: round trip through pycocotools, every validator error, dataset + collate."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from detgroup.data.coco_groups import load_coco_groups, validate_coco_groups, write_coco_groups
+from detgroup.data.dataset import GroupDataset, collate_groups
+from detgroup.errors import DetgroupError
+
+GOOD = {
+    "images": [
+        {"id": 1, "file_name": "a.png", "width": 64, "height": 48},
+        {"id": 2, "file_name": "b.png", "width": 32, "height": 32},
+        {"id": 3, "file_name": "c.png", "width": 40, "height": 40},
+    ],
+    "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+    "annotations": [
+        {"id": 10, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 8], "group_id": 5},
+        {"id": 11, "image_id": 1, "category_id": 1, "bbox": [20, 2, 10, 8], "group_id": 5},
+        {"id": 12, "image_id": 1, "category_id": 2, "bbox": [40, 20, 10, 8], "group_id": 6},
+        {"id": 13, "image_id": 1, "category_id": 1, "bbox": [5, 30, 6, 6]},
+        {"id": 14, "image_id": 2, "category_id": 2, "bbox": [0, 0, 32, 32], "group_id": 1},
+    ],
+}
+
+
+def _write_images(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for im in GOOD["images"]:
+        cv2.imwrite(str(folder / im["file_name"]),
+                    np.full((im["height"], im["width"], 3), 100, np.uint8))
+
+
+def test_round_trip_through_pycocotools(tmp_path: Path) -> None:
+    path = tmp_path / "ann.json"
+    write_coco_groups(path, GOOD)
+    coco = COCO(str(path))
+    assert sorted(coco.getImgIds()) == [1, 2, 3]
+    assert len(coco.getAnnIds(imgIds=[1])) == 4
+    assert coco.loadAnns([10])[0]["group_id"] == 5
+    assert coco.loadAnns([10])[0]["area"] == 80
+    loaded = load_coco_groups(path)
+    t = loaded.targets(1)
+    assert t["boxes"].tolist()[0] == [1, 2, 11, 10]
+    assert t["categories"].tolist() == [0, 0, 1, 0]
+    # 10 and 11 share group 5; 12 is group 6; 13 has no group_id: a group of its own.
+    assert t["groups"].tolist() == [0, 0, 1, 2]
+    assert loaded.targets(3)["boxes"].shape == (0, 4)
+    assert loaded.category_names == ["cat", "dog"]
+
+
+def _problems(mutate, **kwargs) -> list[str]:
+    data = copy.deepcopy(GOOD)
+    mutate(data)
+    return validate_coco_groups(data, path="bad.json", **kwargs)
+
+
+def _ann(index: int, **changes):
+    return lambda d: d["annotations"][index].update(**changes)
+
+
+def _spanning(d) -> None:
+    d["annotations"][2].update(category_id=1, group_id=5)
+    d["annotations"][0].update(category_id=2)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (_ann(0, image_id=99), "annotation id 10 (image id 99): unknown image id 99"),
+        (_ann(1, category_id=7), "annotation id 11 (image id 1): unknown category id 7"),
+        (_ann(2, id=10), "annotation id 10 (image id 1): duplicate annotation id"),
+        (lambda d: d["images"].append(dict(d["images"][0])), "image id 1: duplicate image id"),
+        (lambda d: d["annotations"][0].pop("bbox"), "annotation id 10 (image id 1): missing"),
+        (_ann(0, bbox=["1", 2, 3, 4]), "must be a list of 4 numbers"),
+        (_ann(0, bbox=[1, 2, 3]), "must be a list of 4 numbers"),
+        (_ann(0, bbox=[1, float("nan"), 3, 4]), "non-finite"),
+        (_ann(0, bbox=[1, 2, -3, 4]), "non-positive size"),
+        (_ann(0, bbox=[60, 2, 10, 8]), "extends outside the 64x48 image"),
+        (_spanning, "group_id 5: one group spans categories"),
+        (_ann(0, group_id="a"), "'group_id' must be an integer"),
+        (lambda d: d["images"][0].update(width="64"), "'width' must be a positive integer"),
+        (lambda d: d.update(annotations={}), "'annotations' must be a list"),
+        (lambda d: d.pop("categories"), "missing top-level key 'categories'"),
+        (lambda d: d["categories"].append({"id": 3, "name": "cat"}), "duplicate category name"),
+    ],
+)
+def test_each_validator_error_names_the_id(mutate, expected: str) -> None:
+    problems = _problems(mutate)
+    assert problems, "the bad file passed validation"
+    assert any(expected in p for p in problems), problems
+    assert all(p.startswith("bad.json") for p in problems)
+
+
+def test_group_spanning_categories_lists_annotation_ids() -> None:
+    def mutate(d):
+        d["annotations"][2]["group_id"] = 5  # dog joins a cat group
+
+    (problem,) = _problems(mutate)
+    assert "annotation ids 10, 11, 12" in problem
+
+
+def test_all_problems_are_collected() -> None:
+    def mutate(d):
+        d["annotations"][0]["image_id"] = 99
+        d["annotations"][1]["bbox"] = [1, 2, 0, 4]
+        d["annotations"][4]["category_id"] = 9
+
+    assert len(_problems(mutate)) == 3
+
+
+def test_clip_option_clips_instead_of_failing() -> None:
+    data = copy.deepcopy(GOOD)
+    data["annotations"][0]["bbox"] = [60, 2, 10, 8]
+    assert validate_coco_groups(data, clip=True) == []
+    assert data["annotations"][0]["bbox"] == [60, 2, 4, 8]
+
+
+def test_top_level_not_an_object() -> None:
+    assert "top level must be a JSON object" in validate_coco_groups([1, 2], path="x.json")[0]
+
+
+def test_image_files_checked(tmp_path: Path) -> None:
+    _write_images(tmp_path / "img")
+    (tmp_path / "img" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (tmp_path / "img" / "c.png").unlink()
+    problems = validate_coco_groups(GOOD, path="g.json", images_dir=tmp_path / "img")
+    assert any("image id 2" in p and "not a readable image" in p for p in problems)
+    assert any("image id 3" in p and "not found" in p for p in problems)
+    assert len(problems) == 2
+
+
+def test_image_size_mismatch(tmp_path: Path) -> None:
+    _write_images(tmp_path / "img")
+    cv2.imwrite(str(tmp_path / "img" / "a.png"), np.zeros((10, 10, 3), np.uint8))
+    (problem,) = validate_coco_groups(GOOD, path="g.json", images_dir=tmp_path / "img")
+    assert "image id 1" in problem and "is 10x10" in problem
+
+
+def test_load_raises_one_error_with_all_problems(tmp_path: Path) -> None:
+    data = copy.deepcopy(GOOD)
+    data["annotations"][0]["image_id"] = 99
+    data["annotations"][1]["category_id"] = 99
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DetgroupError, match="2 problem") as err:
+        load_coco_groups(path)
+    assert "annotation id 10" in str(err.value) and "annotation id 11" in str(err.value)
+
+
+def test_malformed_json_names_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text('{"images": [\n  {"id": 1,,}\n]}')
+    with pytest.raises(DetgroupError, match=r"broken.json: malformed JSON at line 2"):
+        load_coco_groups(path)
+
+
+def test_writer_refuses_bad_data_and_leaves_no_file(tmp_path: Path) -> None:
+    data = copy.deepcopy(GOOD)
+    data["annotations"][0]["bbox"] = [1, 2, -5, 3]
+    with pytest.raises(DetgroupError):
+        write_coco_groups(tmp_path / "out.json", data)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dataset_and_collate_pad_with_mask(tmp_path: Path) -> None:
+    _write_images(tmp_path / "img")
+    write_coco_groups(tmp_path / "ann.json", GOOD)
+    ds = GroupDataset(tmp_path / "ann.json", tmp_path / "img")
+    items = [ds[i] for i in range(3)]
+    assert [len(it["boxes"]) for it in items] == [4, 1, 0]  # N = 4, 1 and 0 are all legal
+    assert items[0]["image"].shape == (3, 48, 64)
+    batch = collate_groups(items)
+    assert batch["images"].shape == (3, 3, 48, 64)
+    assert batch["boxes"].shape == (3, 4, 4)
+    assert batch["pad_mask"].tolist() == [[False] * 4, [False, True, True, True], [True] * 4]
+    assert batch["categories"][1].tolist() == [1, -1, -1, -1]
+    assert batch["groups"][0].tolist() == [0, 0, 1, 2]
+    assert batch["image_sizes"].tolist() == [[48, 64], [32, 32], [40, 40]]
+    # Images are padded bottom/right with zeros, so box coordinates are unchanged.
+    assert torch.all(batch["images"][1, :, 32:, :] == 0)
+
+
+def test_hflip_moves_boxes_with_pixels(tmp_path: Path) -> None:
+    _write_images(tmp_path / "img")
+    write_coco_groups(tmp_path / "ann.json", GOOD)
+    flipped = GroupDataset(tmp_path / "ann.json", tmp_path / "img", hflip_prob=1.0)[0]
+    assert flipped["boxes"][0].tolist() == [64 - 11, 2, 64 - 1, 10]

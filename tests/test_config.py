@@ -1,0 +1,61 @@
+"""Config: defaults, YAML + dotted overrides, and one-line errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from detgroup.config import config_from_dict, config_to_dict, load_config
+from detgroup.errors import DetgroupError
+
+
+def test_defaults_then_yaml_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "x.yaml"
+    path.write_text("model:\n  dim: 64\ntrain:\n  epochs: 3\n")
+    cfg = load_config(path, ["train.epochs=5", "model.relation.layers=0"])
+    assert cfg.model.dim == 64
+    assert cfg.train.epochs == 5
+    assert cfg.model.relation.layers == 0
+    assert cfg.data.batch_size == 8  # untouched default
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.dimm=3"], "model.dimm"),
+        (["train.epochs=many"], "train.epochs"),
+        (["loss.pair=triplet"], "loss.pair must be one of"),
+        (["decoder.method=kmeans"], "decoder.method must be one of"),
+        (["model.dim=30", "model.relation.heads=4"], "divisible"),
+        (["train.epochs"], "not of the form key=value"),
+    ],
+)
+def test_bad_values_name_the_key(overrides: list[str], message: str) -> None:
+    with pytest.raises(DetgroupError, match=message) as err:
+        load_config(None, overrides)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_key_in_yaml_names_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochz: 3\n")
+    with pytest.raises(DetgroupError, match=r"bad.yaml.*train.epochz"):
+        load_config(path)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(DetgroupError, match="config file not found"):
+        load_config("no/such.yaml")
+
+
+def test_dict_round_trip() -> None:
+    cfg = load_config(None, ["model.dim=48", "model.relation.heads=4"])
+    cfg.category_names = ["a", "b"]
+    again = config_from_dict(config_to_dict(cfg))
+    assert again == cfg
+
+
+def test_shipped_recipes_load() -> None:
+    for path in sorted(Path(__file__).parents[1].glob("configs/*.yaml")):
+        load_config(path)

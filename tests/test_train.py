@@ -1,0 +1,96 @@
+"""Training engine: checkpoints, exact resume, interruption, DDP with two CPU processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from detgroup.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+from detgroup.engine.train import DistInfo, epoch_batches, train
+from detgroup.errors import DetgroupError
+from tests.conftest import TINY_MODEL, tiny_config
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_train_writes_checkpoints_log_and_summary(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_data)
+    result = train(cfg, out_dir=tmp_path, progress=False)
+    assert result["steps"] == 6 and not result["interrupted"]  # 12 images / batch 4 * 2 epochs
+    for name in ("last.pt", "best.pt", "model.pt", "config.yaml", "log.csv", "summary.json"):
+        assert (tmp_path / name).is_file(), name
+    rows = list(csv.DictReader((tmp_path / "log.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert 0.0 <= float(rows[-1]["val_ari"]) <= 1.0
+    model, loaded_cfg = load_model_from_checkpoint(tmp_path / "model.pt")
+    assert loaded_cfg.category_names == ["cat", "dog"]
+    assert loaded_cfg.model.dim == 32  # the config travels inside the checkpoint
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_resume_mid_epoch_matches_uninterrupted_run(tiny_data: Path, tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    train(tiny_config(tiny_data), out_dir=full, progress=False)
+    part = tmp_path / "part"
+    stopped = train(tiny_config(tiny_data), out_dir=part, progress=False,
+                    should_stop=lambda step: step == 4)  # mid second epoch
+    assert stopped["interrupted"] and stopped["steps"] == 4
+    assert load_checkpoint(part / "last.pt")["batch_in_epoch"] == 1
+    resumed = train(tiny_config(tiny_data), out_dir=part, resume=True, progress=False)
+    assert resumed["steps"] == 6
+    a, b = _weights(full / "last.pt"), _weights(part / "last.pt")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tiny_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(DetgroupError, match="last.pt: checkpoint file not found"):
+        train(tiny_config(tiny_data), out_dir=tmp_path, resume=True, progress=False)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    with pytest.raises(DetgroupError, match="model.pt: not a readable checkpoint"):
+        load_model_from_checkpoint(bad)
+
+
+def test_epoch_batches_cap_boxes_and_agree_across_ranks() -> None:
+    sizes = [1, 50, 3, 40, 2, 2, 60, 5, 5, 5]
+    batches = epoch_batches(sizes, batch_size=4, max_boxes=100, seed=0, epoch=0, info=DistInfo())
+    assert sorted(i for b in batches for i in b) == list(range(10))
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(sizes[i] for i in b) <= 100
+    ranks = [epoch_batches(sizes, batch_size=2, max_boxes=0, seed=0, epoch=1,
+                           info=DistInfo(rank=r, world=2)) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1])
+    assert not set(i for b in ranks[0] for i in b) & set(i for b in ranks[1] for i in b)
+
+
+def test_ddp_two_cpu_processes_end_with_identical_weights(tiny_data: Path,
+                                                           tmp_path: Path) -> None:
+    overrides = [o for o in TINY_MODEL if not o.startswith("train.epochs")] + [
+        "train.epochs=1",
+        f"data.train_ann={tiny_data / 'train/annotations.json'}",
+        f"data.train_images={tiny_data / 'train/images'}",
+        f"data.val_ann={tiny_data / 'val/annotations.json'}",
+        f"data.val_images={tiny_data / 'val/images'}",
+    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "detgroup.cli", "train", "--device", "cpu", "--out", str(tmp_path), *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["steps"] == 2  # 12 images, 2 ranks, batch 4 -> 2 steps each
+    assert summary["ranks_max_weight_diff"] == 0.0
