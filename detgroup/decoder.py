@@ -420,12 +420,6 @@ def _compact(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return lab.astype(np.int64).ravel(), int(uniq.size)
 
 
-def _onehot(lab: np.ndarray, k: int) -> sp.csr_matrix:
-    """Membership matrix, float [N, K] sparse."""
-    n = lab.size
-    return sp.csr_matrix((np.ones(n), (np.arange(n), lab)), shape=(n, k))
-
-
 def _cluster_sums(lab: np.ndarray, k: int, x: np.ndarray) -> np.ndarray:
     """Per-cluster sums of the rows of x [N, C] → [K, C]."""
     out = np.zeros((k, x.shape[1]))
@@ -458,12 +452,12 @@ def _dense_pair_sums(w: np.ndarray) -> Callable[[np.ndarray, int], tuple[np.ndar
     probabilities and inner pair counts ([K] each), for dense logits w [N, N]."""
 
     def sums(lab: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
-        onehot_t = _onehot(lab, k).T.tocsr()
+        member = _membership(lab, k)
         node = np.arange(lab.size)
         p = expit(w)
         np.fill_diagonal(p, 0.0)
-        logit_sum = np.bincount(lab, (onehot_t @ w)[lab, node], minlength=k) / 2
-        prob_sum = np.bincount(lab, (onehot_t @ p)[lab, node], minlength=k) / 2
+        logit_sum = np.bincount(lab, (member @ w)[lab, node], minlength=k) / 2
+        prob_sum = np.bincount(lab, (member @ p)[lab, node], minlength=k) / 2
         size = np.bincount(lab, minlength=k)
         return logit_sum, prob_sum, size * (size - 1) / 2
 
@@ -691,10 +685,8 @@ _DENSE_SOLVERS: dict[str, Callable[[np.ndarray, np.ndarray | None], np.ndarray]]
 def _local_search(
     w: np.ndarray | sp.csr_matrix, lp: np.ndarray | None, labels: np.ndarray
 ) -> np.ndarray:
-    """Improve labels [N] by node moves and cluster merges until no move gains.
-
-    w is dense [N, N] or sparse symmetric csr [N, N] with zero diagonal.
-    """
+    """Improve labels [N] by node moves, cluster merges and Kernighan–Lin exchanges until no
+    move gains. w is dense [N, N] or sparse symmetric csr [N, N] with zero diagonal."""
     swept = None  # labels at the start of the last Kernighan–Lin sweep
     while True:
         labels = _move_nodes(w, lp, labels)
@@ -708,106 +700,17 @@ def _local_search(
             return labels
 
 
-def _changed_nodes(old: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """bool [N]: True where the node's cluster differs (as a member set) between labelings."""
-    lo, ko = _compact(old)
-    ln, kn = _compact(new)
-    key, inverse, count = np.unique(lo * kn + ln, return_inverse=True, return_counts=True)
-    both = count[inverse.ravel()]
-    return (both != np.bincount(lo, minlength=ko)[lo]) | (both != np.bincount(ln, minlength=kn)[ln])
+def _membership(lab: np.ndarray, k: int) -> sp.csr_matrix:
+    """Cluster membership, float [K, N] sparse."""
+    n = lab.size
+    return sp.csr_matrix((np.ones(n), (lab, np.arange(n))), shape=(k, n))
 
 
-def _kl_exchanges(
-    w: np.ndarray | sp.csr_matrix, lp: np.ndarray | None, labels: np.ndarray, dirty: np.ndarray
-) -> tuple[np.ndarray, bool]:
-    """One sweep of Kernighan–Lin bipartition updates → (labels, improved).
-
-    For every pair of clusters joined by a positive node-to-cluster weight, and for every
-    cluster against a new empty one, runs a Kernighan–Lin sequence (``_kl_sequence``) and
-    applies its best prefix when it gains. Pairs whose clusters hold no dirty node (no member
-    set change since their last sequence) would give the same answer and are skipped, as are
-    pairs that touch a cluster changed earlier in this sweep.
-    """
-    lab, k = _compact(labels)
-    lab = lab.copy()
-    s = w @ _onehot(lab, k)  # [N, K]
-    ci, ck, _ = _positive_entries(s)
-    other = ck != lab[ci]
-    a, b = lab[ci[other]], ck[other]
-    pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1), axis=0)
-    size = np.bincount(lab, minlength=k)
-    splits = np.flatnonzero(size >= 2)
-    pairs = np.concatenate([pairs.reshape(-1, 2), np.stack([splits, np.full(splits.size, -1)], 1)])
-    order = np.argsort(lab, kind="stable")
-    members = np.split(order, np.cumsum(size)[:-1])
-    has_dirty = np.bincount(lab, weights=dirty, minlength=k) > 0
-    changed = np.zeros(k, dtype=bool).tolist()
-    next_label = k
-    improved = False
-    dense = not sp.issparse(w)
-    for p, q in pairs.tolist():
-        if changed[p] or (q >= 0 and changed[q]) or not (has_dirty[p] or (q >= 0 and has_dirty[q])):
-            continue
-        idx = members[p] if q < 0 else np.concatenate([members[p], members[q]])
-        sub = w[np.ix_(idx, idx)] if dense else w[idx][:, idx].toarray()
-        flip = _kl_sequence(sub, None if lp is None else lp[idx], lab[idx] == q)
-        if flip is None:
-            continue
-        if q < 0:
-            q = next_label
-            next_label += 1
-        moved = idx[flip]
-        lab[moved] = np.where(lab[moved] == p, q, p)
-        changed[p] = True
-        if q < k:
-            changed[q] = True
-        improved = True
-    return lab, improved
-
-
-def _kl_sequence(w: np.ndarray, lp: np.ndarray | None, side: np.ndarray) -> np.ndarray | None:
-    """Best prefix of a Kernighan–Lin move sequence between two clusters.
-
-    w [M, M] weights among the members of both clusters, lp [M, C] their log-probs or None,
-    side bool [M] (True: second cluster). Moves every node once to the other side, always the
-    one of highest gain (negative gains allowed), and returns bool [M], the nodes moved in the
-    best prefix, or None when no prefix gains.
-    """
-    m = side.size
-    side = side.copy()
-    sign = np.where(side, 1.0, -1.0)
-    d = -sign * (w @ sign)  # [M] pair gain of moving each node to the other side
-    moved = np.zeros(m, dtype=bool)
-    if lp is not None:
-        lsum = np.stack([lp[~side].sum(axis=0), lp[side].sum(axis=0)])  # [2, C]
-    total = best = 0.0
-    steps = []
-    best_len = 0
-    for step in range(m):
-        g = d.copy()
-        if lp is not None:
-            own = lsum[side.astype(np.int64)]  # [M, C]
-            dst = lsum[1 - side.astype(np.int64)]
-            g += (dst + lp).max(axis=1) - dst.max(axis=1) + (own - lp).max(axis=1) - own.max(axis=1)
-        g[moved] = -np.inf
-        i = int(g.argmax())
-        total += g[i]
-        steps.append(i)
-        moved[i] = True
-        if lp is not None:
-            lsum[int(side[i])] -= lp[i]
-            lsum[1 - int(side[i])] += lp[i]
-        side[i] = not side[i]
-        sign[i] = -sign[i]
-        d -= 2.0 * sign * w[:, i] * sign[i]
-        d[i] = -d[i]
-        if total > best + _GAIN_TOL:
-            best, best_len = total, step + 1
-    if best_len == 0:
-        return None
-    flip = np.zeros(m, dtype=bool)
-    flip[steps[:best_len]] = True
-    return flip
+def _node_cluster_sums(
+    w: np.ndarray | sp.csr_matrix, member: sp.csr_matrix
+) -> np.ndarray | sp.spmatrix:
+    """Summed weight from every node to every cluster, [N, K] (w is symmetric)."""
+    return (member @ w).T
 
 
 def _positive_entries(s: np.ndarray | sp.spmatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -818,6 +721,27 @@ def _positive_entries(s: np.ndarray | sp.spmatrix) -> tuple[np.ndarray, np.ndarr
         return coo.row[keep].astype(np.int64), coo.col[keep].astype(np.int64), coo.data[keep]
     r, c = np.nonzero(s > _GAIN_TOL)
     return r, c, s[r, c]
+
+
+def _pick_disjoint(gain: np.ndarray, touched: list[np.ndarray], k: int) -> np.ndarray:
+    """Indices of gainful moves to apply together, best first, no two touching one cluster.
+
+    gain [M] per candidate move; touched: arrays [M] of the cluster ids each move touches
+    (-1: none). Ties go to the lower candidate index.
+    """
+    used = [False] * k
+    chosen = []
+    columns = [t.tolist() for t in touched]
+    for m in np.lexsort((np.arange(gain.size), -gain)).tolist():
+        if gain[m] <= _GAIN_TOL:
+            break
+        ids = [col[m] for col in columns if col[m] >= 0]
+        if any(used[c] for c in ids):
+            continue
+        for c in ids:
+            used[c] = True
+        chosen.append(m)
+    return np.array(chosen, dtype=np.int64)
 
 
 def _move_nodes(
@@ -835,8 +759,7 @@ def _move_nodes(
     node = np.arange(n)
     while True:
         lab, k = _compact(labels)
-        onehot = _onehot(lab, k)
-        s = w @ onehot  # [N, K] node-to-cluster weight sums
+        s = _node_cluster_sums(w, _membership(lab, k))  # [N, K]
         own = np.asarray(s[node, lab]).ravel()  # [N]
         size = np.bincount(lab, minlength=k)
         cand_i, cand_k, cand_s = _positive_entries(s)
@@ -861,30 +784,17 @@ def _move_nodes(
             move = cand_s + leave[cand_i]
             alone = leave.copy()
         alone[size[lab] == 1] = -np.inf
-        gain_all = np.concatenate([move, alone])
-        node_all = np.concatenate([cand_i, node])
-        target_all = np.concatenate([cand_k, np.full(n, -1)])
-        good = gain_all > _GAIN_TOL
-        if not good.any():
+        gain = np.concatenate([move, alone])
+        mover = np.concatenate([cand_i, node])
+        target = np.concatenate([cand_k, np.full(n, -1)])
+        chosen = _pick_disjoint(gain, [lab[mover], target], k)
+        if chosen.size == 0:
             return lab
-        gain_all, node_all, target_all = gain_all[good], node_all[good], target_all[good]
-        order = np.lexsort((target_all, node_all, -gain_all))
-        _, first = np.unique(node_all[order], return_index=True)
-        order = order[np.sort(first)]  # each node's best move, best moves first
-        used = np.zeros(k, dtype=bool).tolist()
-        new_label = k
-        for i, t in zip(node_all[order].tolist(), target_all[order].tolist(), strict=True):
-            src = lab[i]
-            if used[src] or (t >= 0 and used[t]):
-                continue
-            used[src] = True
-            if t >= 0:
-                used[t] = True
-            else:
-                t = new_label
-                new_label += 1
-            lab[i] = t
-        labels = lab
+        mover, target = mover[chosen], target[chosen]
+        fresh = target < 0
+        target[fresh] = k + np.arange(int(fresh.sum()))
+        labels = lab.copy()
+        labels[mover] = target
 
 
 def _merge_clusters(
@@ -892,24 +802,174 @@ def _merge_clusters(
 ) -> tuple[np.ndarray, bool]:
     """One round of gainful merges of disjoint cluster pairs, best first → (labels, merged)."""
     lab, k = _compact(labels)
-    onehot = _onehot(lab, k)
-    wc = onehot.T @ (w @ onehot)  # [K, K] summed weights between clusters
+    member = _membership(lab, k)
+    wc = member @ _node_cluster_sums(w, member)  # [K, K] summed weights between clusters
     a, b, x = _positive_entries(wc)
     upper = a < b
     a, b, x = a[upper], b[upper], x[upper]
     if lp is not None:
         x = x + _class_gain_pairs(_cluster_sums(lab, k, lp), a, b)
-    good = x > _GAIN_TOL
-    a, b, x = a[good], b[good], x[good]
-    order = np.lexsort((b, a, -x))
-    used = np.zeros(k, dtype=bool).tolist()
+    chosen = _pick_disjoint(x, [a, b], k)
     target = np.arange(k)
-    for p, q in zip(a[order].tolist(), b[order].tolist(), strict=True):
-        if used[p] or used[q]:
-            continue
-        used[p] = used[q] = True
-        target[q] = p
-    return target[lab], bool(a.size)
+    target[b[chosen]] = a[chosen]
+    return target[lab], bool(chosen.size)
+
+
+def _changed_nodes(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """bool [N]: True where the node's cluster differs (as a member set) between labelings."""
+    lo, ko = _compact(old)
+    ln, kn = _compact(new)
+    _, inverse, count = np.unique(lo * kn + ln, return_inverse=True, return_counts=True)
+    both = count[inverse.ravel()]
+    return (both != np.bincount(lo, minlength=ko)[lo]) | (both != np.bincount(ln, minlength=kn)[ln])
+
+
+def _kl_exchanges(
+    w: np.ndarray | sp.csr_matrix, lp: np.ndarray | None, labels: np.ndarray, dirty: np.ndarray
+) -> tuple[np.ndarray, bool]:
+    """One sweep of Kernighan–Lin bipartition updates → (labels, improved).
+
+    Candidates are the pairs of clusters joined by a positive node-to-cluster weight, and every
+    cluster of two or more against a new empty one (a split). Pairs without a dirty node (no
+    member change since their last evaluation) would give the same answer and are skipped. All
+    sequences are run from the same state (``_kl_sequences``); the gainful ones that touch
+    disjoint clusters are applied, best first.
+    """
+    lab, k = _compact(labels)
+    member = _membership(lab, k)
+    ci, ck, _ = _positive_entries(_node_cluster_sums(w, member))
+    other = ck != lab[ci]
+    a, b = lab[ci[other]], ck[other]
+    pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1), axis=0)
+    size = np.bincount(lab, minlength=k)
+    splits = np.flatnonzero(size >= 2)
+    pairs = np.concatenate(
+        [pairs.reshape(-1, 2), np.stack([splits, np.full(splits.size, -1)], axis=1)]
+    )
+    has_dirty = np.bincount(lab, weights=dirty, minlength=k) > 0
+    second = np.maximum(pairs[:, 1], 0)
+    pairs = pairs[has_dirty[pairs[:, 0]] | ((pairs[:, 1] >= 0) & has_dirty[second])]
+    if pairs.shape[0] == 0:
+        return lab, False
+    # members of both clusters of every pair, padded: slot [P, M] -> node, side True in second
+    count = size[pairs[:, 0]] + np.where(pairs[:, 1] >= 0, size[np.maximum(pairs[:, 1], 0)], 0)
+    by_size = np.argsort(count, kind="stable")
+    pairs, count = pairs[by_size], count[by_size]
+    order = np.argsort(lab, kind="stable")
+    start = np.concatenate([[0], np.cumsum(size)])
+    gain = np.zeros(pairs.shape[0])
+    flips: list[tuple[np.ndarray, np.ndarray]] = []
+    lo = 0
+    while lo < pairs.shape[0]:
+        hi = lo + 1
+        while hi < pairs.shape[0] and (hi + 1 - lo) * int(count[hi]) ** 2 <= _CHUNK:
+            hi += 1
+        m = int(count[hi - 1])
+        chunk = pairs[lo:hi]
+        slot = np.arange(m)
+        first, second = chunk[:, 0], chunk[:, 1]
+        n_first = size[first][:, None]
+        n_second = np.where(second >= 0, size[np.maximum(second, 0)], 0)[:, None]
+        real = slot < n_first + n_second  # [P, M]
+        side = slot >= n_first
+        pos = np.where(side, start[np.maximum(second, 0)][:, None] + slot - n_first,
+                       start[first][:, None] + slot)
+        nodes = np.where(real, order[np.minimum(pos, lab.size - 1)], 0)  # [P, M]
+        block = _gather_blocks(w, nodes, real)  # [P, M, M]
+        lpp = None if lp is None else np.where(real[:, :, None], lp[nodes], 0.0)
+        g, flip = _kl_sequences(block, lpp, side & real, real)
+        gain[lo:hi] = g
+        flips += [(nodes[r][flip[r]], chunk[r]) for r in range(hi - lo)]
+        lo = hi
+    chosen = _pick_disjoint(gain, [pairs[:, 0], pairs[:, 1]], k)
+    lab = lab.copy()
+    next_label = k
+    for r in chosen.tolist():
+        moved, (p, q) = flips[r]
+        if q < 0:
+            q = next_label
+            next_label += 1
+        lab[moved] = np.where(lab[moved] == p, q, p)
+    return lab, bool(chosen.size)
+
+
+def _gather_blocks(
+    w: np.ndarray | sp.csr_matrix, nodes: np.ndarray, real: np.ndarray
+) -> np.ndarray:
+    """Weights among the nodes of each row: nodes, real [P, M] → float [P, M, M], 0 at padding."""
+    p, m = nodes.shape
+    if not sp.issparse(w):
+        block = w[nodes[:, :, None], nodes[:, None, :]]
+        return block * (real[:, :, None] & real[:, None, :])
+    # Sparse: expand each (row, slot)'s neighbours and find them among the row's own nodes.
+    key = np.where(real, np.arange(p)[:, None] * w.shape[0] + nodes, -1).ravel()  # [P*M]
+    sorter = np.argsort(key, kind="stable")
+    flat = np.flatnonzero(real.ravel())
+    deg = np.diff(w.indptr)[nodes.ravel()[flat]]
+    src = np.repeat(flat, deg)
+    offsets = np.repeat(w.indptr[nodes.ravel()[flat]] - np.cumsum(deg) + deg, deg)
+    entry = offsets + np.arange(deg.sum())
+    want = (src // m) * w.shape[0] + w.indices[entry]
+    at = np.minimum(np.searchsorted(key, want, sorter=sorter), key.size - 1)
+    hit = key[sorter[at]] == want
+    block = np.zeros(p * m * m)
+    block[src[hit] * m + sorter[at[hit]] % m] = w.data[entry[hit]]
+    return block.reshape(p, m, m)
+
+
+def _kl_sequences(
+    w: np.ndarray, lp: np.ndarray | None, side: np.ndarray, real: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Kernighan–Lin move sequences between two clusters, P problems side by side.
+
+    w [P, M, M] weights among the members of both clusters (0 at padding), lp [P, M, C] their
+    log-probs or None, side bool [P, M] (True: second cluster), real bool [P, M] (False:
+    padding). Moves every node once to the other side, always the one of highest gain
+    (negative gains allowed), and keeps the best prefix. Returns its gain [P] (0 if no prefix
+    gains) and the nodes it moves, bool [P, M].
+    """
+    p, m = side.shape
+    row = np.arange(p)
+    side = side.copy()
+    sign = np.where(side, 1.0, -1.0)  # [P, M]
+    d = -sign * np.einsum("pij,pj->pi", w, sign)  # [P, M] pair gain of a move to the other side
+    done = ~real
+    if lp is not None:
+        lsum = np.stack(
+            [(lp * (real & ~side)[:, :, None]).sum(1), (lp * side[:, :, None]).sum(1)], axis=1
+        )  # [P, 2, C]
+    total = np.zeros(p)
+    best = np.zeros(p)
+    best_len = np.zeros(p, dtype=np.int64)
+    step_of = np.full((p, m), m)  # [P, M] step at which each node moves
+    for step in range(m):
+        g = d.copy()
+        if lp is not None:
+            own = lsum[row[:, None], side.astype(np.int64)]  # [P, M, C]
+            dst = lsum[row[:, None], 1 - side.astype(np.int64)]
+            g += (dst + lp).max(-1) - dst.max(-1) + (own - lp).max(-1) - own.max(-1)
+        g[done] = -np.inf
+        i = g.argmax(axis=1)  # [P]
+        gi = g[row, i]
+        live = np.isfinite(gi)
+        if not live.any():
+            break
+        r, i = row[live], i[live]
+        total[live] += gi[live]
+        step_of[r, i] = step
+        done[r, i] = True
+        if lp is not None:
+            s_old = side[r, i].astype(np.int64)
+            lsum[r, s_old] -= lp[r, i]
+            lsum[r, 1 - s_old] += lp[r, i]
+        side[r, i] = ~side[r, i]
+        sign[r, i] = -sign[r, i]
+        d[r] -= 2.0 * sign[r] * w[r, i] * sign[r, i][:, None]
+        d[r, i] = -d[r, i]
+        better = total > best + _GAIN_TOL
+        best[better] = total[better]
+        best_len[better] = step + 1
+    return best, step_of < best_len[:, None]
 
 
 # ---------------------------------------------------------------------------- sparse solvers

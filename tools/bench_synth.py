@@ -279,6 +279,31 @@ def per_box_classifier(train: list[dict], val: list[dict], num_classes: int, epo
     }
 
 
+def write_example(scene: dict, names: list[str], path: Path) -> None:
+    """Image and ground truth side by side at 2x: one box colour per group, a dot on the box of
+    every ambiguous animal, the category's initial at each group's first box."""
+    colours = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+               (145, 30, 180), (70, 240, 240), (240, 50, 230)]
+    image = cv2.resize(scene["image"], None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    overlay = image.copy()
+    seen = set()
+    for box, g, c, amb in zip(scene["boxes"] * 2, scene["groups"], scene["categories"],
+                              scene["ambiguous"], strict=True):
+        x0, y0, x1, y1 = np.round(box).astype(int)
+        col = colours[g % len(colours)]
+        cv2.rectangle(overlay, (x0, y0), (x1, y1), col, 2)
+        if amb:
+            cv2.circle(overlay, (x0 + 5, y0 + 5), 4, (255, 255, 255), -1)
+        if g not in seen:
+            seen.add(g)
+            cv2.putText(overlay, names[c][0], (x1 - 12, y0 + 14),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.5, col, 2)
+    gap = np.full((image.shape[0], 8, 3), 255, np.uint8)
+    side = np.concatenate([image, gap, overlay], 1)
+    cv2.imwrite(str(path), cv2.cvtColor(side, cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_PNG_COMPRESSION, 9])
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     types = {f.name: f.type for f in dataclasses.fields(SynthConfig)}
     out = {}
@@ -299,9 +324,12 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=200, help="val images")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="dataset folder (default: temporary)")
-    ap.add_argument("--cnn-epochs", type=int, default=12, help="per-box CNN training epochs")
+    ap.add_argument("--cnn-epochs", type=int, default=8, help="per-box CNN training epochs")
     ap.add_argument("--tune-images", type=int, default=300, help="train images for tuning")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--example", type=Path, default=None,
+                    help="also write a val image with its ground truth drawn to this PNG")
+    ap.add_argument("--example-index", type=int, default=0, help="which val image --example shows")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="SynthConfig overrides, e.g. group_spread=0.05 categories=cat,dog")
     args = ap.parse_args()
@@ -315,6 +343,8 @@ def main() -> None:
         paths = generate_synthetic(out, cfg)
         t_gen = time.time() - t0
         train, val = load_split(paths["train"]), load_split(paths["val"])
+    if args.example:
+        write_example(val[args.example_index], cfg.categories, args.example)
     n_boxes = np.array([len(s["groups"]) for s in train + val])
     n_groups = np.array([len(np.unique(s["groups"])) for s in train + val])
     lone = np.mean([np.mean(np.bincount(s["groups"])[s["groups"]] == 1) for s in train + val])

@@ -17,7 +17,8 @@ class GroupingModel(nn.Module):
     """Backbone → RoI tokens → relational transformer → category and pair heads.
 
     ``forward`` returns a dict with ``pred_logits`` [B, N, C], ``pred_affinity`` [B, N, N]
-    (symmetric same-group logits), ``pad_mask`` [B, N], plus the raw output of the pair head
+    (symmetric same-group logits), ``pad_mask`` [B, N], ``features`` [B, N, D] (the relational
+    features h, e.g. for clustering baselines), plus the raw output of the pair head
     (``pred_assign`` [B, N, K] or ``pred_embed`` [B, N, E]) that its loss needs.
     """
 
@@ -70,7 +71,7 @@ class GroupingModel(nn.Module):
         feats = self.features(images, image_sizes)
         tokens = self.tokenizer(feats, boxes, image_sizes, tuple(images.shape[-2:]))  # [B, N, D]
         h = self.relation(tokens, pairwise_geometry(boxes), pad_mask)  # [B, N, D]
-        out = {"pred_logits": self.category_head(h), "pad_mask": pad_mask}
+        out = {"pred_logits": self.category_head(h), "pad_mask": pad_mask, "features": h}
         out.update(self.pair_head(h, boxes))
         return out
 

@@ -1,0 +1,132 @@
+"""``detgroup export``: the exported graphs match eager PyTorch for other N and image sizes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detgroup.cli import EXIT_USER_ERROR, main
+from detgroup.config import config_to_dict
+from detgroup.engine.checkpoint import load_model_from_checkpoint, save_checkpoint
+from detgroup.errors import DetgroupError
+from detgroup.export import SingleImageNetwork, export_model
+from detgroup.model.detector import build_model
+from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+
+# (N, H, W): none equals the trace's example (8 boxes, 256 x 256); 5 and 17 exceed the
+# checkpoint's pair_chunk, so the eager model chunks rows where the export does not.
+CASES = [(1, 96, 96), (5, 128, 96), (17, 64, 160)]
+
+
+def _boxes(n: int, h: int, w: int, seed: int) -> torch.Tensor:
+    """[N, 4] xyxy px inside an H x W image."""
+    g = torch.Generator().manual_seed(seed)
+    wh = torch.rand(n, 2, generator=g) * 28 + 4
+    xy = torch.rand(n, 2, generator=g) * (torch.tensor([w, h]) - wh)
+    return torch.cat([xy, xy + wh], dim=1)
+
+
+def _checkpoint(root: Path, pair: str) -> Path:
+    cfg = tiny_config(root, f"loss.pair={pair}", "model.pair_chunk=4")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    path = root / f"{pair}.pt"
+    save_checkpoint(path, {"config": config_to_dict(cfg), "model": model.state_dict()})
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Random-init tiny models, one per pair head."""
+    root = tmp_path_factory.mktemp("export")
+    return {pair: _checkpoint(root, pair) for pair in ("bce", "mcl", "ae")}
+
+
+def _eager(checkpoint: Path, image: torch.Tensor, boxes: torch.Tensor) -> list[np.ndarray]:
+    model, _ = load_model_from_checkpoint(checkpoint)
+    with torch.no_grad():
+        return [t.numpy() for t in SingleImageNetwork(model)(image, boxes)]
+
+
+def _run_torchscript(path: Path, image: torch.Tensor, boxes: torch.Tensor) -> list[np.ndarray]:
+    with torch.no_grad():
+        return [t.numpy() for t in torch.jit.load(str(path))(image, boxes)]
+
+
+def _check_against_eager(checkpoint: Path, path: Path, run) -> None:
+    for n, h, w in CASES:
+        torch.manual_seed(n)
+        image, boxes = torch.rand(1, 3, h, w), _boxes(n, h, w, seed=n)
+        expected = _eager(checkpoint, image, boxes)
+        got = run(path, image, boxes)
+        assert [g.shape for g in got] == [(n, 2), (n, n)]
+        for g, e in zip(got, expected, strict=True):
+            assert np.abs(g - e).max() <= 1e-4, (n, h, w)
+
+
+@pytest.mark.parametrize("pair", ["bce", "mcl", "ae"])
+def test_torchscript_matches_eager(checkpoints: dict[str, Path], tmp_path: Path,
+                                   pair: str) -> None:
+    out = tmp_path / "sub/model.ts"
+    assert export_model(checkpoints[pair], "torchscript", out) == out
+    _check_against_eager(checkpoints[pair], out, _run_torchscript)
+    extra = {"detgroup.json": ""}
+    torch.jit.load(str(out), _extra_files=extra)
+    assert json.loads(extra["detgroup.json"])["category_names"] == ["cat", "dog"]
+    assert [p.name for p in out.parent.iterdir()] == ["model.ts"]  # no temporary file left
+
+
+def test_onnx_matches_eager(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("onnx", reason="ONNX export needs the 'export' extra (onnx)")
+    ort = pytest.importorskip("onnxruntime", reason="checking ONNX needs the 'export' extra")
+    out = export_model(checkpoints["bce"], "onnx", tmp_path / "model.onnx")
+
+    def run(path: Path, image: torch.Tensor, boxes: torch.Tensor) -> list[np.ndarray]:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"image": image.numpy(), "boxes": boxes.numpy()})
+
+    _check_against_eager(checkpoints["bce"], out, run)
+    meta = ort.InferenceSession(str(out)).get_modelmeta().custom_metadata_map
+    assert json.loads(meta["detgroup"])["category_names"] == ["cat", "dog"]
+
+
+def test_cli_export(checkpoints: dict[str, Path], tmp_path: Path,
+                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "model.ts"
+    assert main(["export", "--checkpoint", str(checkpoints["bce"]), "--format", "torchscript",
+                 "--out", str(out)]) == 0
+    assert out.is_file() and "exported torchscript" in capsys.readouterr().out
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    assert main(["export", "--checkpoint", str(corrupt), "--format", "torchscript",
+                 "--out", str(tmp_path / "x.ts")]) == EXIT_USER_ERROR
+    assert "corrupt.pt" in capsys.readouterr().err
+
+
+def test_export_errors(checkpoints: dict[str, Path], tmp_path: Path,
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt = checkpoints["bce"]
+    with pytest.raises(DetgroupError, match="unknown export format"):
+        export_model(ckpt, "tflite", tmp_path / "m")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00" * 64)
+    with pytest.raises(DetgroupError, match="corrupt.pt"):
+        export_model(corrupt, "torchscript", tmp_path / "m.ts")
+    with pytest.raises(DetgroupError, match="not found"):
+        export_model(tmp_path / "missing.pt", "torchscript", tmp_path / "m.ts")
+    with pytest.raises(DetgroupError, match="is a folder"):
+        export_model(ckpt, "torchscript", tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(DetgroupError, match="cannot write"):
+        export_model(ckpt, "torchscript", blocker / "m.ts")
+    assert not (tmp_path / "m.ts").exists()
+    monkeypatch.setattr("detgroup.export.importlib.util.find_spec", lambda name: None)
+    with pytest.raises(DetgroupError, match="onnx package"):
+        export_model(ckpt, "onnx", tmp_path / "m.onnx")

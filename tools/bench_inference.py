@@ -1,0 +1,224 @@
+"""Inference time per image on CPU: backbone vs grouping overhead (RoI tokens, relational
+transformer, heads, decoder), side by side in one run.
+
+For each backbone setting (the default small convnet on 256 px images; ResNet-50 + FPN with
+256 channels on 800 px images) and each box count N, one image is timed stage by stage:
+
+* backbone: ``GroupingModel.features`` (normalisation + backbone + FPN);
+* RoI tokens: ``MultiScaleRoIAlign`` + appearance / position MLPs (``model.tokenizer``);
+* transformer: pairwise geometry + relational transformer (``model.relation``);
+* heads: category head + pair affinity head;
+* decoder: ``detgroup.decoder.decode(method="gaec-kl")`` in numpy.
+
+Weights are random (timing does not depend on them). The decoder's running time does depend on
+the logits, and a random network gives near-constant ones, so the decoder is timed on logits
+with planted groups (sizes 1-8, +-2 log-odds plus noise), like a trained model's. Stages are
+interleaved within each repeat (backbone, then every N) so that load from other processes
+spreads over all of them; the median over repeats after warm-up is reported.
+
+Usage::
+
+    nice -n 5 .venv/bin/python tools/bench_inference.py [--threads 2] [--repeats 7]
+        [--write BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detgroup.atomic import atomic_write_bytes
+from detgroup.config import load_config
+from detgroup.decoder import decode
+from detgroup.model.detector import GroupingModel, build_model
+from detgroup.ops.boxes import pairwise_geometry
+
+SECTION = "## Inference time: backbone vs grouping overhead"
+STAGES = ["backbone", "tokens", "transformer", "heads", "decoder"]
+# (label, image side in px, config overrides)
+SETTINGS = [
+    ("small convnet (default), 256 px", 256, []),
+    ("ResNet-50 + FPN (256 ch), 800 px", 800,
+     ["model.backbone.name=resnet50", "model.backbone.out_channels=256"]),
+]
+TARGET_N = 50
+TARGET_RATIO = 0.10
+
+
+def random_boxes(n: int, side: int, gen: torch.Generator) -> torch.Tensor:
+    """[1, N, 4] xyxy px, sides 4-15 % of the image."""
+    wh = (0.04 + 0.11 * torch.rand(n, 2, generator=gen)) * side
+    xy = torch.rand(n, 2, generator=gen) * (side - wh)
+    return torch.cat([xy, xy + wh], dim=1)[None]
+
+
+def planted_logits(n: int, num_classes: int, rng: np.random.Generator
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Pair logits [N, N] and class logits [N, C] of groups of 1-8 boxes, with noise."""
+    sizes = rng.integers(1, 9, size=n)
+    group = np.repeat(np.arange(n), sizes)[:n]
+    category = rng.integers(0, num_classes, size=n)[group]
+    same = group[:, None] == group[None, :]
+    noise = rng.normal(0.0, 1.5, size=(n, n))
+    pair = np.where(same, 2.0, -2.0) + (noise + noise.T) / 2
+    np.fill_diagonal(pair, 0.0)
+    cls = 2.0 * np.eye(num_classes)[category] + rng.normal(0.0, 1.0, size=(n, num_classes))
+    return pair.astype(np.float32), cls.astype(np.float32)
+
+
+def _timed(fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - start
+
+
+@torch.no_grad()
+def time_stages(model: GroupingModel, image: torch.Tensor, boxes: dict[int, torch.Tensor],
+                logits: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[tuple[int, str], float]:
+    """One repeat: seconds per (N, stage); the backbone once (its key has N = 0)."""
+    sizes = torch.tensor([image.shape[-2:]])
+    padded = tuple(image.shape[-2:])
+    feats, t = _timed(model.features, image, sizes)
+    times = {(0, "backbone"): t}
+    for n, b in boxes.items():
+        pad = torch.zeros(1, n, dtype=torch.bool)
+        tokens, times[n, "tokens"] = _timed(model.tokenizer, feats, b, sizes, padded)
+        start = time.perf_counter()
+        h = model.relation(tokens, pairwise_geometry(b), pad)
+        times[n, "transformer"] = time.perf_counter() - start
+        start = time.perf_counter()
+        model.category_head(h)
+        model.pair_head(h, b)
+        times[n, "heads"] = time.perf_counter() - start
+        _, times[n, "decoder"] = _timed(decode, *logits[n], "gaec-kl")
+    return times
+
+
+@torch.no_grad()
+def check_split(model: GroupingModel, image: torch.Tensor, boxes: torch.Tensor) -> None:
+    """The staged calls compute what ``GroupingModel.forward`` computes."""
+    sizes = torch.tensor([image.shape[-2:]])
+    feats = model.features(image, sizes)
+    tokens = model.tokenizer(feats, boxes, sizes, tuple(image.shape[-2:]))
+    h = model.relation(tokens, pairwise_geometry(boxes), torch.zeros(boxes.shape[:2], dtype=bool))
+    full = model(image, boxes)
+    torch.testing.assert_close(model.pair_head(h, boxes)["pred_affinity"], full["pred_affinity"])
+
+
+def bench_setting(overrides: list[str], side: int, counts: list[int], repeats: int, warmup: int,
+                  seed: int) -> dict[tuple[int, str], float]:
+    """Median seconds per (N, stage) for one backbone setting."""
+    cfg = load_config(None, overrides)
+    cfg.category_names = ["cat", "dog"]
+    torch.manual_seed(seed)
+    model = build_model(cfg).eval()
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    image = torch.rand(1, 3, side, side, generator=gen)
+    boxes = {n: random_boxes(n, side, gen) for n in counts}
+    logits = {n: planted_logits(n, len(cfg.category_names), rng) for n in counts}
+    check_split(model, image, boxes[counts[0]])
+    runs = [time_stages(model, image, boxes, logits) for _ in range(warmup + repeats)][warmup:]
+    return {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
+
+
+def machine() -> str:
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown CPU"
+    info = dict(line.split(":", 1) for line in lines.splitlines() if ":" in line)
+    return f"{info.get('Model name', '?').strip()}, {info.get('CPU(s)', '?').strip()} CPUs"
+
+
+def report(results: dict[str, dict[tuple[int, str], float]], counts: list[int],
+           args: argparse.Namespace) -> str:
+    """The BENCHMARKS.md section: setting, table, reading."""
+    command = "python tools/bench_inference.py " + shlex.join(sys.argv[1:])
+    lines = [
+        SECTION, "",
+        f"Command: `{command.strip()}` (niceness {os.nice(0)}), {datetime.date.today()}, "
+        f"{machine()}, torch {torch.__version__}, torch threads = {args.threads}, median of "
+        f"{args.repeats} repeats after {args.warmup} warm-up. The machine was shared with "
+        "training jobs, so absolute times are noisy; the ratios, measured side by side in one "
+        "run, are what to read. Random-init weights (timing does not need trained ones); model "
+        "defaults otherwise (dim 128, 3 relation layers, pair MLP 128 wide); one image per call. "
+        "The decoder (`decode`, gaec-kl) runs on planted-group logits (see the tool's "
+        "docstring). Overhead = RoI tokens + transformer + heads + decoder.", "",
+        "| backbone, image | N | backbone ms | RoI tokens ms | transformer ms | heads ms "
+        "| relation+heads ms | decoder ms | overhead ms | overhead / backbone |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    verdicts = []
+    for label, times in results.items():
+        backbone = times[0, "backbone"]
+        for n in counts:
+            tok, rel, heads, dec = (times[n, s] for s in STAGES[1:])
+            overhead = tok + rel + heads + dec
+            lines.append(
+                f"| {label} | {n} | {backbone * 1e3:.1f} | {tok * 1e3:.1f} | {rel * 1e3:.1f} | "
+                f"{heads * 1e3:.1f} | {(tok + rel + heads) * 1e3:.1f} | {dec * 1e3:.1f} | "
+                f"{overhead * 1e3:.1f} | {overhead / backbone:.1%} |"
+            )
+            if n == TARGET_N and "ResNet-50" in label:
+                met = "met" if overhead <= TARGET_RATIO * backbone else "missed"
+                verdicts.append(f"Target (overhead <= {TARGET_RATIO:.0%} of the backbone at "
+                                f"N = {TARGET_N}, ResNet-50 FPN, 800 px): {overhead / backbone:.1%}"
+                                f", {met}.")
+        for n in counts:
+            parts = {s: times[n, s] for s in STAGES[1:]}
+            top = max(parts, key=parts.get)
+            total = sum(parts.values())
+            verdicts.append(f"{label}, N = {n}: the largest overhead stage is {top} "
+                            f"({parts[top] / total:.0%} of the overhead).")
+    return "\n".join(lines + [""] + [f"* {v}" for v in verdicts]) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace (or append) this tool's section of ``path``; other sections stay as they are."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
+    if start is None:
+        new = text.rstrip("\n") + "\n\n" + section
+    else:
+        stop = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                    len(lines))
+        tail = "".join(lines[stop:])
+        new = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
+    atomic_write_bytes(path, new.encode())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--boxes", type=int, nargs="+", default=[10, 50, 200])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--write", type=Path, default=None,
+                    help="replace this tool's section of a Markdown file (e.g. BENCHMARKS.md)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    results = {}
+    for label, side, overrides in SETTINGS:
+        print(f"timing {label} ...", file=sys.stderr, flush=True)
+        results[label] = bench_setting(overrides, side, args.boxes, args.repeats, args.warmup,
+                                       args.seed)
+    section = report(results, args.boxes, args)
+    print(section)
+    if args.write:
+        write_section(args.write, section)
+
+
+if __name__ == "__main__":
+    main()
