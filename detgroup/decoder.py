@@ -269,9 +269,7 @@ def partition_sparse(
     boxes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Categories int64 [N] and per-category group ids int64 [N]; see ``decode_sparse``."""
-    result = decode_sparse(
-        num_nodes, edges, edge_logits, class_logits, method, consistency, boxes
-    )
+    result = decode_sparse(num_nodes, edges, edge_logits, class_logits, method, consistency, boxes)
     return result.categories, result.groups
 
 
@@ -330,19 +328,21 @@ def _as_pair_logits(pair_logits: object) -> np.ndarray:
     if w.ndim != 2 or w.shape[0] != w.shape[1]:
         raise DetgroupError(f"pair_logits must be a square [N, N] array, got shape {w.shape}")
     np.fill_diagonal(w, 0.0)
-    _require_finite(w, "pair_logits")
+    if not np.isfinite(w.sum()):  # one cheap pass; the sum is finite unless an entry is not
+        _require_finite(w, "pair_logits")
     n = w.shape[0]
     if n:
-        diff = np.abs(w - w.T)
-        worst = int(diff.argmax())
-        if diff.flat[worst] > _SYMMETRY_RTOL * max(1.0, float(np.abs(w).max())):
+        half_diff = w - w.T
+        half_diff *= 0.5
+        worst = int(np.abs(half_diff).argmax())
+        scale = max(1.0, float(w.max()), -float(w.min()))
+        if 2.0 * abs(half_diff.flat[worst]) > _SYMMETRY_RTOL * scale:
             i, j = divmod(worst, n)
             raise DetgroupError(
                 f"pair_logits must be symmetric: [{i}, {j}] = {w[i, j]:.6g} but "
                 f"[{j}, {i}] = {w[j, i]:.6g}"
             )
-        w += w.T
-        w *= 0.5
+        w -= half_diff  # (w + w.T) / 2
     return w
 
 
@@ -384,20 +384,17 @@ def _as_edge_list(
     e = np.asarray(edges)
     if e.size == 0:
         e = e.reshape(0, 2)
-    if e.ndim != 2 or e.shape[1] != 2 or not (
-        e.size == 0 or np.issubdtype(e.dtype, np.integer)
-    ):
+    if e.ndim != 2 or e.shape[1] != 2 or not (e.size == 0 or np.issubdtype(e.dtype, np.integer)):
         raise DetgroupError(f"edges must be an integer array [E, 2], got {e.dtype} {e.shape}")
     x = _as_float_array(edge_logits, "edge_logits")
     if x.shape != (e.shape[0],):
-        raise DetgroupError(
-            f"edge_logits must have shape [E] = [{e.shape[0]}], got {x.shape}"
-        )
+        raise DetgroupError(f"edge_logits must have shape [E] = [{e.shape[0]}], got {x.shape}")
     _require_finite(x, "edge_logits")
     e = e.astype(np.int64)
     if e.size and (e.min() < 0 or e.max() >= n):
-        raise DetgroupError(f"edges must index boxes in [0, {n}), got values in "
-                            f"[{e.min()}, {e.max()}]")
+        raise DetgroupError(
+            f"edges must index boxes in [0, {n}), got values in [{e.min()}, {e.max()}]"
+        )
     u, v = e.min(axis=1), e.max(axis=1)
     keep = u != v
     key, inverse = np.unique(u[keep] * n + v[keep], return_inverse=True)
@@ -447,19 +444,30 @@ def _components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return connected_components(graph, directed=False)[1].astype(np.int64)
 
 
+def _inner_pairs(lab: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs (i [P], j [P]) of distinct nodes that share a cluster, each pair once."""
+    order = np.argsort(lab, kind="stable")
+    size = np.bincount(lab, minlength=k)
+    end = np.cumsum(size)[lab[order]]  # [N] one past the last position of each node's cluster
+    later = end - np.arange(lab.size) - 1  # [N] partners after each position
+    first = np.repeat(np.arange(lab.size), later)
+    offset = np.arange(first.size) - np.repeat(np.cumsum(later) - later, later)
+    return order[first], order[first + 1 + offset]
+
+
 def _dense_pair_sums(w: np.ndarray) -> Callable[[np.ndarray, int], tuple[np.ndarray, ...]]:
     """For labels lab [N] with K clusters: per-cluster sums of inner logits, inner
     probabilities and inner pair counts ([K] each), for dense logits w [N, N]."""
 
     def sums(lab: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
-        member = _membership(lab, k)
-        node = np.arange(lab.size)
-        p = expit(w)
-        np.fill_diagonal(p, 0.0)
-        logit_sum = np.bincount(lab, (member @ w)[lab, node], minlength=k) / 2
-        prob_sum = np.bincount(lab, (member @ p)[lab, node], minlength=k) / 2
-        size = np.bincount(lab, minlength=k)
-        return logit_sum, prob_sum, size * (size - 1) / 2
+        i, j = _inner_pairs(lab, k)
+        logits = w[i, j]
+        owner = lab[i]
+        return (
+            np.bincount(owner, logits, minlength=k),
+            np.bincount(owner, expit(logits), minlength=k),
+            np.bincount(owner, minlength=k).astype(np.float64),
+        )
 
     return sums
 
@@ -729,19 +737,18 @@ def _pick_disjoint(gain: np.ndarray, touched: list[np.ndarray], k: int) -> np.nd
     gain [M] per candidate move; touched: arrays [M] of the cluster ids each move touches
     (-1: none). Ties go to the lower candidate index.
     """
+    good = np.flatnonzero(gain > _GAIN_TOL)
     used = [False] * k
     chosen = []
-    columns = [t.tolist() for t in touched]
-    for m in np.lexsort((np.arange(gain.size), -gain)).tolist():
-        if gain[m] <= _GAIN_TOL:
-            break
+    columns = [t[good].tolist() for t in touched]
+    for m in np.lexsort((good, -gain[good])).tolist():
         ids = [col[m] for col in columns if col[m] >= 0]
         if any(used[c] for c in ids):
             continue
         for c in ids:
             used[c] = True
         chosen.append(m)
-    return np.array(chosen, dtype=np.int64)
+    return good[np.array(chosen, dtype=np.int64)]
 
 
 def _move_nodes(
@@ -750,24 +757,25 @@ def _move_nodes(
     """Rounds of single-node moves (to an adjacent cluster or to a new singleton).
 
     Each round takes every node's best move and applies, best first, those whose source and
-    target clusters no earlier move of the round touched; such gains add up exactly.
-    Moving into a cluster with non-positive node-to-cluster weight never beats moving out
-    into a new singleton (the class term of joining is at most the singleton's), so only
-    positive node-to-cluster sums are candidates.
+    target clusters no earlier move of the round touched; such gains add up exactly. The
+    cluster-to-node sums are then updated by the moved nodes' rows only. Moving into a cluster
+    with non-positive cluster-to-node sum never beats moving out into a new singleton (the
+    class term of joining is at most the singleton's), so only positive sums are candidates.
     """
     n = labels.size
     node = np.arange(n)
+    lab, k = _compact(labels)
+    lab = lab.copy()
+    st = _membership(lab, k) @ w  # [K, N] summed weight from each cluster to each node
+    size = np.bincount(lab, minlength=k)  # [K]
+    lsum = None if lp is None else _cluster_sums(lab, k, lp)  # [K, C]
     while True:
-        lab, k = _compact(labels)
-        s = _node_cluster_sums(w, _membership(lab, k))  # [N, K]
-        own = np.asarray(s[node, lab]).ravel()  # [N]
-        size = np.bincount(lab, minlength=k)
-        cand_i, cand_k, cand_s = _positive_entries(s)
+        own = np.asarray(st[lab, node]).ravel()  # [N]
+        cand_k, cand_i, cand_s = _positive_entries(st)
         other = cand_k != lab[cand_i]
-        cand_i, cand_k, cand_s = cand_i[other], cand_k[other], cand_s[other]
+        cand_k, cand_i, cand_s = cand_k[other], cand_i[other], cand_s[other]
         leave = -own  # [N] gain of leaving the own cluster
-        if lp is not None:
-            lsum = _cluster_sums(lab, k, lp)  # [K, C]
+        if lsum is not None:
             best = lsum.max(axis=1)  # [K]
             leave = leave + (lsum[lab] - lp).max(axis=1) - best[lab]
             step = max(1, _CHUNK // lp.shape[1])
@@ -791,10 +799,34 @@ def _move_nodes(
         if chosen.size == 0:
             return lab
         mover, target = mover[chosen], target[chosen]
-        fresh = target < 0
-        target[fresh] = k + np.arange(int(fresh.sum()))
-        labels = lab.copy()
-        labels[mover] = target
+        source = lab[mover]
+        fresh = int((target < 0).sum())
+        if fresh:
+            target[target < 0] = k + np.arange(fresh)
+            k += fresh
+            st = (
+                sp.vstack([st, sp.csr_matrix((fresh, n))], format="csr")
+                if sp.issparse(st)
+                else np.vstack([st, np.zeros((fresh, n))])
+            )
+            size = np.concatenate([size, np.zeros(fresh, dtype=size.dtype)])
+            if lsum is not None:
+                lsum = np.vstack([lsum, np.zeros((fresh, lsum.shape[1]))])
+        m = mover.size
+        change = sp.csr_matrix(
+            (
+                np.repeat([1.0, -1.0], m),
+                (np.concatenate([target, source]), np.tile(np.arange(m), 2)),
+            ),
+            shape=(k, m),
+        )
+        st = st + change @ w[mover]
+        size[target] += 1
+        size[source] -= 1
+        if lsum is not None:
+            lsum[target] += lp[mover]
+            lsum[source] -= lp[mover]
+        lab[mover] = target
 
 
 def _merge_clusters(
@@ -872,8 +904,11 @@ def _kl_exchanges(
         n_second = np.where(second >= 0, size[np.maximum(second, 0)], 0)[:, None]
         real = slot < n_first + n_second  # [P, M]
         side = slot >= n_first
-        pos = np.where(side, start[np.maximum(second, 0)][:, None] + slot - n_first,
-                       start[first][:, None] + slot)
+        pos = np.where(
+            side,
+            start[np.maximum(second, 0)][:, None] + slot - n_first,
+            start[first][:, None] + slot,
+        )
         nodes = np.where(real, order[np.minimum(pos, lab.size - 1)], 0)  # [P, M]
         block = _gather_blocks(w, nodes, real)  # [P, M, M]
         lpp = None if lp is None else np.where(real[:, :, None], lp[nodes], 0.0)

@@ -100,8 +100,9 @@ def _onnx_bytes(network: SingleImageNetwork, metadata: str) -> bytes:
         torch.onnx.export(
             network, _example_inputs(), buffer, dynamo=False, opset_version=ONNX_OPSET,
             input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
-            dynamic_axes={"image": {2: "height", 3: "width"}, "boxes": {0: "boxes"},
-                          "class_logits": {0: "boxes"}, "pair_logits": {0: "boxes", 1: "boxes"}},
+            dynamic_axes={"image": {2: "height", 3: "width"}, "boxes": {0: "num_boxes"},
+                          "class_logits": {0: "num_boxes"},
+                          "pair_logits": {0: "num_boxes", 1: "num_boxes"}},
         )
     proto = onnx.load_from_string(buffer.getvalue())
     onnx.helper.set_model_props(proto, {"detgroup": metadata})

@@ -175,3 +175,15 @@ def test_relation_layers_zero_is_per_box(tiny_cfg: Config) -> None:
         full = model(image, boxes)["pred_logits"][0, :3]
         part = model(image, boxes[:, :3])["pred_logits"][0]
     torch.testing.assert_close(full, part, atol=1e-5, rtol=1e-4)
+
+
+def test_chunked_pair_head_equals_full(tiny_cfg: Config) -> None:
+    """At inference the pair head runs ``pair_chunk`` rows at a time; results are identical."""
+    tiny_cfg.model.pair_chunk = 7
+    model = _model(tiny_cfg)
+    image, boxes = torch.rand(1, 3, 96, 96), _boxes(30)[None]
+    with torch.no_grad():
+        chunked = model(image, boxes)["pred_affinity"]
+        model.pair_head.chunk = 1000
+        full = model(image, boxes)["pred_affinity"]
+    torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-4)

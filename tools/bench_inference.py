@@ -18,7 +18,7 @@ spreads over all of them; the median over repeats after warm-up is reported.
 
 Usage::
 
-    nice -n 5 .venv/bin/python tools/bench_inference.py [--threads 2] [--repeats 7]
+    nice -n 5 .venv/bin/python tools/bench_inference.py [--threads 2 1] [--repeats 7]
         [--write BENCHMARKS.md]
 """
 
@@ -114,9 +114,10 @@ def check_split(model: GroupingModel, image: torch.Tensor, boxes: torch.Tensor) 
     torch.testing.assert_close(model.pair_head(h, boxes)["pred_affinity"], full["pred_affinity"])
 
 
-def bench_setting(overrides: list[str], side: int, counts: list[int], repeats: int, warmup: int,
-                  seed: int) -> dict[tuple[int, str], float]:
-    """Median seconds per (N, stage) for one backbone setting."""
+def bench_setting(overrides: list[str], side: int, counts: list[int], threads: int, repeats: int,
+                  warmup: int, seed: int) -> dict[tuple[int, str], float]:
+    """Median seconds per (N, stage) for one backbone setting on ``threads`` torch threads."""
+    torch.set_num_threads(threads)
     cfg = load_config(None, overrides)
     cfg.category_names = ["cat", "dog"]
     torch.manual_seed(seed)
@@ -140,47 +141,50 @@ def machine() -> str:
     return f"{info.get('Model name', '?').strip()}, {info.get('CPU(s)', '?').strip()} CPUs"
 
 
-def report(results: dict[str, dict[tuple[int, str], float]], counts: list[int],
-           args: argparse.Namespace) -> str:
+def report(results: dict[tuple[str, int], dict[tuple[int, str], float]], counts: list[int],
+           args: argparse.Namespace, load: tuple[float, float]) -> str:
     """The BENCHMARKS.md section: setting, table, reading."""
-    command = "python tools/bench_inference.py " + shlex.join(sys.argv[1:])
+    command = shlex.join(["python", "tools/bench_inference.py", *sys.argv[1:]])
+    threads = " and ".join(map(str, args.threads))
     lines = [
         SECTION, "",
-        f"Command: `{command.strip()}` (niceness {os.nice(0)}), {datetime.date.today()}, "
-        f"{machine()}, torch {torch.__version__}, torch threads = {args.threads}, median of "
-        f"{args.repeats} repeats after {args.warmup} warm-up. The machine was shared with "
-        "training jobs, so absolute times are noisy; the ratios, measured side by side in one "
-        "run, are what to read. Random-init weights (timing does not need trained ones); model "
-        "defaults otherwise (dim 128, 3 relation layers, pair MLP 128 wide); one image per call. "
-        "The decoder (`decode`, gaec-kl) runs on planted-group logits (see the tool's "
-        "docstring). Overhead = RoI tokens + transformer + heads + decoder.", "",
-        "| backbone, image | N | backbone ms | RoI tokens ms | transformer ms | heads ms "
-        "| relation+heads ms | decoder ms | overhead ms | overhead / backbone |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"Command: `{command}` (niceness {os.nice(0)}), {datetime.date.today()}, {machine()}, "
+        f"torch {torch.__version__}, torch threads = {threads}, median of {args.repeats} repeats "
+        f"after {args.warmup} warm-up. The machine was shared with training jobs (load average "
+        f"{load[0]:.1f} at the start, {load[1]:.1f} at the end), so absolute times are noisy; "
+        "the ratios, measured side by side in one run, are what to read. Random-init weights "
+        "(timing does not need trained ones); model defaults otherwise (dim 128, 3 relation "
+        "layers, pair MLP 128 wide); one image per call. The decoder (`decode`, gaec-kl) runs "
+        "on planted-group logits (see the tool's docstring). Overhead = RoI tokens + "
+        "transformer + heads + decoder.", "",
+        "| backbone, image | threads | N | backbone ms | RoI tokens ms | transformer ms "
+        "| heads ms | relation+heads ms | decoder ms | overhead ms | overhead / backbone |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    verdicts = []
-    for label, times in results.items():
+    target, dominant = [], []
+    for (label, n_threads), times in results.items():
         backbone = times[0, "backbone"]
-        for n in counts:
-            tok, rel, heads, dec = (times[n, s] for s in STAGES[1:])
-            overhead = tok + rel + heads + dec
-            lines.append(
-                f"| {label} | {n} | {backbone * 1e3:.1f} | {tok * 1e3:.1f} | {rel * 1e3:.1f} | "
-                f"{heads * 1e3:.1f} | {(tok + rel + heads) * 1e3:.1f} | {dec * 1e3:.1f} | "
-                f"{overhead * 1e3:.1f} | {overhead / backbone:.1%} |"
-            )
-            if n == TARGET_N and "ResNet-50" in label:
-                met = "met" if overhead <= TARGET_RATIO * backbone else "missed"
-                verdicts.append(f"Target (overhead <= {TARGET_RATIO:.0%} of the backbone at "
-                                f"N = {TARGET_N}, ResNet-50 FPN, 800 px): {overhead / backbone:.1%}"
-                                f", {met}.")
+        tops = []
         for n in counts:
             parts = {s: times[n, s] for s in STAGES[1:]}
-            top = max(parts, key=parts.get)
-            total = sum(parts.values())
-            verdicts.append(f"{label}, N = {n}: the largest overhead stage is {top} "
-                            f"({parts[top] / total:.0%} of the overhead).")
-    return "\n".join(lines + [""] + [f"* {v}" for v in verdicts]) + "\n"
+            overhead = sum(parts.values())
+            ms = [f"{parts[s] * 1e3:.1f}" for s in ("tokens", "transformer", "heads")]
+            relation_heads = (overhead - parts["decoder"]) * 1e3
+            lines.append(
+                f"| {label} | {n_threads} | {n} | {backbone * 1e3:.1f} | {' | '.join(ms)} | "
+                f"{relation_heads:.1f} | {parts['decoder'] * 1e3:.1f} | {overhead * 1e3:.1f} | "
+                f"{overhead / backbone:.1%} |"
+            )
+            top = max(parts, key=parts.__getitem__)
+            tops.append(f"N = {n}: {top} ({parts[top] / overhead:.0%})")
+            if n == TARGET_N and "ResNet-50" in label:
+                met = "met" if overhead <= TARGET_RATIO * backbone else "missed"
+                target.append(f"Target, overhead <= {TARGET_RATIO:.0%} of the backbone at "
+                              f"N = {TARGET_N} with ResNet-50 FPN on 800 px, {n_threads} "
+                              f"threads: {overhead / backbone:.1%}, {met}.")
+        dominant.append(f"{label}, {n_threads} threads, largest overhead stage: "
+                        + ", ".join(tops) + ".")
+    return "\n".join(lines + [""] + [f"* {v}" for v in target + dominant]) + "\n"
 
 
 def write_section(path: Path, section: str) -> None:
@@ -200,7 +204,8 @@ def write_section(path: Path, section: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, nargs="+", default=[2],
+                    help="torch thread counts, measured one after the other")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--boxes", type=int, nargs="+", default=[10, 50, 200])
@@ -208,13 +213,14 @@ def main() -> None:
     ap.add_argument("--write", type=Path, default=None,
                     help="replace this tool's section of a Markdown file (e.g. BENCHMARKS.md)")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()[0]
     results = {}
-    for label, side, overrides in SETTINGS:
-        print(f"timing {label} ...", file=sys.stderr, flush=True)
-        results[label] = bench_setting(overrides, side, args.boxes, args.repeats, args.warmup,
-                                       args.seed)
-    section = report(results, args.boxes, args)
+    for threads in args.threads:
+        for label, side, overrides in SETTINGS:
+            print(f"timing {label}, {threads} threads ...", file=sys.stderr, flush=True)
+            results[label, threads] = bench_setting(overrides, side, args.boxes, threads,
+                                                    args.repeats, args.warmup, args.seed)
+    section = report(results, args.boxes, args, (load_start, os.getloadavg()[0]))
     print(section)
     if args.write:
         write_section(args.write, section)

@@ -10,7 +10,7 @@ random position where it overlaps earlier glyphs by at most :data:`MAX_OVERLAP` 
 box (the least overlapping of :data:`PLACEMENT_TRIES` tries otherwise). Positions, sizes and the
 order of annotations carry no information about identity. The canvas is ``canvas`` px square,
 larger when the glyphs would cover more than :data:`DENSITY` of it (side rounded up to 32 px),
-so every split has the same glyph density. Paper and ink tones vary per scene, with mild noise.
+so every split has the same glyph density. Paper and ink tones vary per scene.
 
 Characters are split per alphabet, in index order: the first :data:`TRAIN_FRACTION` (rounded)
 of its characters train, the next :data:`VAL_FRACTION` (rounded) val, the rest test, so val
@@ -29,7 +29,9 @@ and test characters are never seen in training. Splits, under ``OUT/<split>/``:
 
 Every annotation also has ``character`` (index into the npz) and ``sample`` (0..19); each
 file's ``info`` holds the parameters, the split's characters and its stats. Scene ``i`` of
-split ``s`` is drawn from ``np.random.default_rng([seed, s, i])``: deterministic by seed.
+split ``s`` (index into :data:`SPLITS`) is drawn from ``np.random.default_rng([seed, s, i])``
+(the characters of a train scene from ``[seed, 0, i, 1]``): deterministic by seed, and any
+scene regenerates alone.
 """
 
 from __future__ import annotations
@@ -199,15 +201,19 @@ def _glyph_ink(paper: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA)
 
 
-def _overlap(box: np.ndarray, boxes: np.ndarray) -> float:
-    """Largest intersection of ``box`` [4] xyxy with ``boxes`` [K, 4] over the smaller area."""
+def _overlaps(candidates: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Per candidate box, its largest intersection over the smaller area with any of ``boxes``.
+
+    ``candidates`` [T, 4] and ``boxes`` [K, 4] xyxy; returns float [T] (zeros when K = 0).
+    """
     if len(boxes) == 0:
-        return 0.0
-    iw = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    ih = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return float((iw * ih / np.minimum(area, areas)).max())
+        return np.zeros(len(candidates))
+    c, b = candidates[:, None, :], boxes[None, :, :]  # [T, 1, 4], [1, K, 4]
+    iw = np.maximum(np.minimum(c[..., 2], b[..., 2]) - np.maximum(c[..., 0], b[..., 0]), 0)
+    ih = np.maximum(np.minimum(c[..., 3], b[..., 3]) - np.maximum(c[..., 1], b[..., 1]), 0)
+    area_c = (c[..., 2] - c[..., 0]) * (c[..., 3] - c[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return (iw * ih / np.minimum(area_c, area_b)).max(axis=1)
 
 
 def render_glyph_scene(
@@ -235,20 +241,211 @@ def render_glyph_scene(
     paper, ink = rng.uniform(190, 235), rng.uniform(10, 70)
     darkness = np.zeros((side, side), np.float32)  # ink coverage; overlapping glyphs: max
     boxes = np.zeros((len(inks), 4))
-    for k in rng.permutation(len(inks)):
+    order = rng.permutation(len(inks))
+    for n, k in enumerate(order):  # boxes placed so far: order[:n]
         h, w = inks[k].shape
-        best, best_overlap = None, math.inf
-        for _ in range(PLACEMENT_TRIES):
-            x, y = rng.integers(0, side - w + 1), rng.integers(0, side - h + 1)
-            box = np.array([x, y, x + w, y + h], float)
-            ov = _overlap(box, boxes[: np.count_nonzero(boxes[:, 2])])
-            if ov < best_overlap:
-                best, best_overlap = box, ov
-            if ov <= MAX_OVERLAP:
-                break
-        x, y = int(best[0]), int(best[1])
+        xy = rng.integers(0, [side - w + 1, side - h + 1], (PLACEMENT_TRIES, 2))
+        candidates = np.concatenate([xy, xy + [w, h]], axis=1).astype(float)  # [T, 4]
+        ov = _overlaps(candidates, boxes[order[:n]])
+        fits = np.flatnonzero(ov <= MAX_OVERLAP)
+        x, y = xy[fits[0] if len(fits) else int(np.argmin(ov))]
         region = darkness[y:y + h, x:x + w]
         np.maximum(region, inks[k], out=region)
-        boxes[k] = best
-    image = paper - darkness * (paper - ink) + rng.normal(0, 3, darkness.shape)
+        boxes[k] = (x, y, x + w, y + h)
+    image = paper - darkness * (paper - ink)
     return np.clip(np.round(image), 0, 255).astype(np.uint8), boxes
+
+
+def _encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a grey uint8 image [H, W]."""
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise RuntimeError("cv2.imencode failed to encode a PNG")
+    return buf.tobytes()
+
+
+def _train_scene(
+    rng: np.random.Generator,
+    train_chars: list[list[int]],
+    *,
+    chars_per_scene: tuple[int, int],
+    samples_per_char: tuple[int, int],
+    alphabets_per_scene: tuple[int, int],
+    num_samples: int,
+) -> list[tuple[int, int, list[int]]]:
+    """(alphabet index, character, sample indices) of each character of one train scene."""
+    usable = [a for a, chars in enumerate(train_chars) if chars]
+    n_chars = int(rng.integers(chars_per_scene[0], chars_per_scene[1] + 1))
+    n_alpha = int(rng.integers(alphabets_per_scene[0], alphabets_per_scene[1] + 1))
+    n_alpha = min(n_alpha, n_chars, len(usable))
+    chosen = [int(a) for a in rng.choice(usable, n_alpha, replace=False)]
+    pool = [(a, c) for a in chosen for c in train_chars[a]]
+    n_chars = min(n_chars, len(pool))
+    # One character of every chosen alphabet first, then the rest uniformly from the pool.
+    firsts = [(a, int(rng.choice(train_chars[a]))) for a in chosen]
+    rest = [pc for pc in pool if pc not in firsts]
+    picks = firsts + [rest[i] for i in rng.choice(len(rest), n_chars - n_alpha, replace=False)]
+    scene = []
+    for a, c in picks:
+        k = int(rng.integers(samples_per_char[0], min(samples_per_char[1], num_samples) + 1))
+        scene.append((a, c, sorted(int(s) for s in rng.choice(num_samples, k, replace=False))))
+    return scene
+
+
+def _write_split(
+    out: Path,
+    split: str,
+    scenes: list[list[tuple[int, int, list[int]]]],
+    glyphs: np.ndarray,
+    categories: list[str],
+    info: dict[str, Any],
+    *,
+    seed: int,
+    canvas: int,
+    glyph_size: tuple[int, int],
+    progress: bool,
+) -> Path:
+    """Render ``scenes`` (per scene: (category index, character, samples) per character) and
+    write ``out/<split>/annotations.json`` + ``images/``; return the annotation path."""
+    image_dir = out / split / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    split_index = SPLITS.index(split)
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    sides = []
+    for i, scene in enumerate(tqdm(scenes, desc=f"omniglot {split}", disable=not progress)):
+        rng = np.random.default_rng([seed, split_index, i])
+        members = [(g, a, c, s) for g, (a, c, samples) in enumerate(scene, start=1)
+                   for s in samples]  # (group id, category index, character, sample)
+        image, boxes = render_glyph_scene(
+            rng, [glyphs[c, s] for _, _, c, s in members], canvas=canvas, glyph_size=glyph_size
+        )
+        name = f"{i:06d}.png"
+        atomic_write_bytes(image_dir / name, _encode_png(image))
+        images.append({"id": i + 1, "file_name": name, "width": image.shape[1],
+                       "height": image.shape[0]})
+        sides.append(image.shape[0])
+        for k in rng.permutation(len(members)):
+            group, a, c, s = members[k]
+            x0, y0, x1, y1 = boxes[k]
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": i + 1, "category_id": a + 1,
+                "bbox": [x0, y0, x1 - x0, y1 - y0], "iscrowd": 0, "group_id": group,
+                "character": c, "sample": s,
+            })
+    characters = sorted({c for scene in scenes for _, c, _ in scene})
+    counts = [sum(len(samples) for _, _, samples in scene) for scene in scenes]
+    stats = {
+        "scenes": len(scenes), "characters": len(characters), "glyphs": len(annotations),
+        "groups": sum(len(scene) for scene in scenes),
+        "glyphs_per_scene": [min(counts, default=0), max(counts, default=0)],
+        "canvas_side": [min(sides, default=0), max(sides, default=0)],
+    }
+    data = {
+        "info": {**info, "split": split, "characters": characters, "stats": stats},
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": k + 1, "name": name} for k, name in enumerate(categories)],
+    }
+    path = out / split / "annotations.json"
+    write_coco_groups(path, data)
+    log.info("omniglot %s: %d scenes, %d characters, %d glyphs, canvas %d..%d px -> %s", split,
+             stats["scenes"], stats["characters"], stats["glyphs"], *stats["canvas_side"], path)
+    return path
+
+
+def _check_range(name: str, value: tuple[int, int], low: int) -> tuple[int, int]:
+    lo, hi = (int(v) for v in value)
+    if not low <= lo <= hi:
+        raise DetgroupError(f"{name} must be (min, max) with {low} <= min <= max, got {value}")
+    return lo, hi
+
+
+def convert_omniglot(
+    src: str | Path,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    train_scenes: int = 2000,
+    canvas: int = 512,
+    glyph_size: tuple[int, int] = (40, 56),
+    chars_per_scene: tuple[int, int] = (4, 10),
+    samples_per_char: tuple[int, int] = (2, 6),
+    alphabets_per_scene: tuple[int, int] = (1, 3),
+    eval_max_chars: int = 10,
+    progress: bool = False,
+) -> dict[str, Path]:
+    """Build Omniglot glyph scenes from ``src`` (``images_background.npz`` + ``alphabets.csv``).
+
+    Args:
+        src: folder holding the two source files.
+        out: output root; writes ``OUT/<split>/annotations.json`` and ``OUT/<split>/images/``
+            (grey PNGs) for the splits train, val, test and unseen (see the module docstring).
+        seed: seed of every random choice.
+        train_scenes: number of train scenes.
+        canvas: smallest side of a scene, px.
+        glyph_size: (min, max) px of a glyph's longer side.
+        chars_per_scene: (min, max) characters of a train scene.
+        samples_per_char: (min, max) samples of a character in a train scene.
+        alphabets_per_scene: (min, max) alphabets of a train scene.
+        eval_max_chars: most characters of a val, test or unseen scene.
+        progress: show progress bars.
+
+    Returns:
+        ``{"train": ann_path, "val": ..., "test": ..., "unseen": ...}``.
+    """
+    src, out = Path(src), Path(out)
+    glyph_size = _check_range("glyph_size", glyph_size, 2)
+    chars_per_scene = _check_range("chars_per_scene", chars_per_scene, 1)
+    samples_per_char = _check_range("samples_per_char", samples_per_char, 1)
+    alphabets_per_scene = _check_range("alphabets_per_scene", alphabets_per_scene, 1)
+    if train_scenes < 0 or eval_max_chars < 1 or canvas < glyph_size[1]:
+        raise DetgroupError(
+            f"need train_scenes >= 0, eval_max_chars >= 1 and canvas >= the largest glyph "
+            f"({glyph_size[1]} px), got {train_scenes}, {eval_max_chars} and {canvas}"
+        )
+    glyphs = load_glyphs(src / "images_background.npz")
+    num_chars, num_samples = glyphs.shape[:2]
+    alphabets = read_alphabets(src / "alphabets.csv", num_chars)
+    names = [a.name for a in alphabets]
+    split = split_characters(alphabets)
+    if not any(split["train"]):
+        raise DetgroupError(f"{src / 'alphabets.csv'}: no alphabet has a train character")
+
+    train = [
+        _train_scene(np.random.default_rng([seed, SPLITS.index("train"), i, 1]), split["train"],
+                     chars_per_scene=chars_per_scene, samples_per_char=samples_per_char,
+                     alphabets_per_scene=alphabets_per_scene, num_samples=num_samples)
+        for i in range(train_scenes)
+    ]
+    all_samples = list(range(num_samples))
+    scenes = {
+        "train": train,
+        **{name: [[(a, c, all_samples) for c in part]
+                  for a, chars in enumerate(split[name])
+                  for part in balanced_parts(chars, eval_max_chars)]
+           for name in ("val", "test")},
+        "unseen": [[(0, c, all_samples) for c in part]
+                   for run in unseen_runs(alphabets, num_chars)
+                   for part in balanced_parts(run, eval_max_chars)],
+    }
+    info = {
+        "description": "Omniglot glyph scenes: box = glyph, category = alphabet, "
+                       "group = character",
+        "source": str(src),
+        "params": {"seed": seed, "train_scenes": train_scenes, "canvas": canvas,
+                   "glyph_size": list(glyph_size), "chars_per_scene": list(chars_per_scene),
+                   "samples_per_char": list(samples_per_char),
+                   "alphabets_per_scene": list(alphabets_per_scene),
+                   "eval_max_chars": eval_max_chars, "density": DENSITY,
+                   "max_overlap": MAX_OVERLAP, "train_fraction": TRAIN_FRACTION,
+                   "val_fraction": VAL_FRACTION},
+    }
+    return {
+        name: _write_split(
+            out, name, scenes[name], glyphs,
+            [UNSEEN_CATEGORY] if name == "unseen" else names, info,
+            seed=seed, canvas=canvas, glyph_size=glyph_size, progress=progress,
+        )
+        for name in SPLITS
+    }

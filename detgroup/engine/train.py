@@ -206,6 +206,8 @@ def train(
             raise DetgroupError(f"{out}: cannot create output folder ({err.strerror})") from None
         if not os.access(out, os.W_OK):
             raise DetgroupError(f"{out}: output folder is not writable")
+        for stale in out.glob(".*.tmp"):  # left by a run killed while writing
+            stale.unlink(missing_ok=True)
 
     train_set, val_set = build_loaders(cfg)
     names = train_set.category_names
