@@ -31,7 +31,9 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +45,7 @@ from detgroup.model.detector import GroupingModel, build_model
 from detgroup.ops.boxes import pairwise_geometry
 
 SECTION = "## Inference time: backbone vs grouping overhead"
-STAGES = ["backbone", "tokens", "transformer", "heads", "decoder"]
+OVERHEAD_STAGES = ["tokens", "transformer", "heads", "decoder"]
 # (label, image side in px, config overrides)
 SETTINGS = [
     ("small convnet (default), 256 px", 256, []),
@@ -75,7 +77,7 @@ def planted_logits(n: int, num_classes: int, rng: np.random.Generator
     return pair.astype(np.float32), cls.astype(np.float32)
 
 
-def _timed(fn, *args):
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
     start = time.perf_counter()
     result = fn(*args)
     return result, time.perf_counter() - start
@@ -166,7 +168,7 @@ def report(results: dict[tuple[str, int], dict[tuple[int, str], float]], counts:
         backbone = times[0, "backbone"]
         tops = []
         for n in counts:
-            parts = {s: times[n, s] for s in STAGES[1:]}
+            parts = {s: times[n, s] for s in OVERHEAD_STAGES}
             overhead = sum(parts.values())
             ms = [f"{parts[s] * 1e3:.1f}" for s in ("tokens", "transformer", "heads")]
             relation_heads = (overhead - parts["decoder"]) * 1e3
