@@ -62,6 +62,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.dataset == "funsd":
+        from detgroup.data.funsd import convert_funsd
+
+        paths = convert_funsd(args.src, args.out, val_forms=args.val_forms, seed=args.seed,
+                              split=args.split)
+    else:
+        from detgroup.data.omniglot import convert_omniglot
+
+        paths = convert_omniglot(args.src, args.out, seed=args.seed,
+                                 train_scenes=args.train_scenes, progress=True)
+    for split, path in paths.items():
+        stats = json.loads(path.read_text()).get("info", {}).get("stats", {})
+        summary = ", ".join(f"{k} {v}" for k, v in stats.items())
+        print(f"{split}: {path}" + (f" ({summary})" if summary else ""))
+    return 0
+
+
 # --- train / eval -----------------------------------------------------------------------------
 
 
@@ -194,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="synth knobs, e.g. --set ambiguous_fraction=0.2 clutter=4")
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("data", help="convert a real data set to COCO with groups")
+    p.add_argument("dataset", choices=["funsd", "omniglot"])
+    p.add_argument("--src", type=Path, required=True,
+                   help="FUNSD training_data or testing_data folder; Omniglot folder with the npz")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-forms", type=int, default=30, help="FUNSD: forms held out for val")
+    p.add_argument("--split", choices=["train", "test"],
+                   help="FUNSD: force train/val or test (default: testing_data -> test)")
+    p.add_argument("--train-scenes", type=int, default=2000, help="Omniglot: training scenes")
+    p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("validate", help="check a COCO-with-groups file (and its images)")
     p.add_argument("ann", type=Path)

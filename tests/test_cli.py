@@ -137,7 +137,8 @@ def test_user_errors_exit_2_with_one_line_and_no_traceback(tmp_path: Path, args:
 
 
 def test_help_for_every_command() -> None:
-    for command in ("demo", "synth", "validate", "train", "eval", "infer", "viz", "export"):
+    for command in ("demo", "synth", "data", "validate", "train", "eval", "infer", "viz",
+                    "export"):
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0

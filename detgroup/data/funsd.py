@@ -38,6 +38,7 @@ from detgroup.errors import DetgroupError
 log = logging.getLogger(__name__)
 
 CATEGORIES = ("question", "answer", "header", "other")
+# info["stats"]: "*_in" count the source, "words" / "entities" / "links" what was written.
 STAT_KEYS = ("forms", "words_in", "words", "words_skipped", "boxes_clipped", "entities_in",
              "entities", "entities_skipped", "links", "links_dropped")
 

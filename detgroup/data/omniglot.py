@@ -287,7 +287,8 @@ def _train_scene(
     picks = firsts + [rest[i] for i in rng.choice(len(rest), n_chars - n_alpha, replace=False)]
     scene = []
     for a, c in picks:
-        k = int(rng.integers(samples_per_char[0], min(samples_per_char[1], num_samples) + 1))
+        lo, hi = (min(v, num_samples) for v in samples_per_char)
+        k = int(rng.integers(lo, hi + 1))
         scene.append((a, c, sorted(int(s) for s in rng.choice(num_samples, k, replace=False))))
     return scene
 
