@@ -334,15 +334,14 @@ def _as_pair_logits(pair_logits: object) -> np.ndarray:
     if n:
         half_diff = w - w.T
         half_diff *= 0.5
-        worst = int(np.abs(half_diff).argmax())
-        scale = max(1.0, float(w.max()), -float(w.min()))
-        if 2.0 * abs(half_diff.flat[worst]) > _SYMMETRY_RTOL * scale:
-            i, j = divmod(worst, n)
+        w -= half_diff  # now (w + w.T) / 2
+        worst = max(float(half_diff.max()), -float(half_diff.min()))
+        if 2.0 * worst > _SYMMETRY_RTOL * max(1.0, float(w.max()), -float(w.min())):
+            i, j = divmod(int(np.abs(half_diff).argmax()), n)
             raise DetgroupError(
-                f"pair_logits must be symmetric: [{i}, {j}] = {w[i, j]:.6g} but "
-                f"[{j}, {i}] = {w[j, i]:.6g}"
+                f"pair_logits must be symmetric: [{i}, {j}] = {w[i, j] + half_diff[i, j]:.6g} "
+                f"but [{j}, {i}] = {w[j, i] + half_diff[j, i]:.6g}"
             )
-        w -= half_diff  # (w + w.T) / 2
     return w
 
 
@@ -398,8 +397,8 @@ def _as_edge_list(
     u, v = e.min(axis=1), e.max(axis=1)
     keep = u != v
     key, inverse = np.unique(u[keep] * n + v[keep], return_inverse=True)
-    logits = np.bincount(inverse, weights=x[keep], minlength=key.size)
-    logits /= np.bincount(inverse, minlength=key.size)
+    inverse = inverse.ravel()
+    logits = np.bincount(inverse, x[keep], key.size) / np.bincount(inverse, minlength=key.size)
     return key // max(n, 1), key % max(n, 1), logits
 
 
@@ -429,13 +428,17 @@ def _class_gain(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a + b).max(axis=-1) - a.max(axis=-1) - b.max(axis=-1)
 
 
+def _max_of_sums(x: np.ndarray, i: np.ndarray, y: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """``max_c x[i[m], c] + y[j[m], c]`` for x [*, C], y [*, C], i, j [M] → [M], in chunks."""
+    step = max(1, _CHUNK // x.shape[1])
+    parts = [(x[i[s : s + step]] + y[j[s : s + step]]).max(axis=1) for s in range(0, i.size, step)]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 def _class_gain_pairs(lsum: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """``_class_gain`` for cluster pairs (i[m], j[m]) of lsum [K, C], in bounded memory → [M]."""
-    step = max(1, _CHUNK // lsum.shape[1])
-    return np.concatenate(
-        [_class_gain(lsum[i[s : s + step]], lsum[j[s : s + step]]) for s in range(0, i.size, step)]
-        or [np.zeros(0)]
-    )
+    """``_class_gain`` for cluster pairs (i[m], j[m]) of lsum [K, C] → [M]."""
+    best = lsum.max(axis=1)
+    return _max_of_sums(lsum, i, lsum, j) - best[i] - best[j]
 
 
 def _components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -570,10 +573,11 @@ def _gaec_dense(w: np.ndarray, lp: np.ndarray | None) -> np.ndarray:
         gain[:, b] = -np.inf
         row_max[b] = -np.inf
         new = wc[a].copy()  # [N], gains of merging the new cluster a with each other one
+        new[~alive] = -np.inf
         if lsum is not None:
             lsum[a] += lsum[b]
-            new += _class_gain(lsum[a], lsum)
-        new[~alive] = -np.inf
+            attract = np.flatnonzero(new > 0)  # elsewhere the gain is <= 0 anyway
+            new[attract] += _class_gain(lsum[a], lsum[attract])
         new[a] = -np.inf
         gain[a] = new
         gain[:, a] = new
@@ -602,7 +606,29 @@ def _resolve(parent: np.ndarray) -> np.ndarray:
 
 
 def _gaec_kl_dense(w: np.ndarray, lp: np.ndarray | None) -> np.ndarray:
-    return _local_search(w, lp, _gaec_dense(w, lp))
+    return _better(
+        _dense_pair_sums(w),
+        lp,
+        _local_search(w, lp, _gaec_dense(w, lp)),
+        _local_search(w, lp, _average_dense(w, None)),
+    )
+
+
+def _better(
+    pair_sums: Callable[[np.ndarray, int], tuple[np.ndarray, ...]],
+    lp: np.ndarray | None,
+    first: np.ndarray,
+    second: np.ndarray,
+) -> np.ndarray:
+    """The labels [N] of higher objective (the first on a tie)."""
+    values = []
+    for labels in (first, second):
+        lab, k = _compact(labels)
+        value = float(pair_sums(lab, k)[0].sum())
+        if lp is not None:
+            value += float(_cluster_sums(lab, k, lp).max(axis=1).sum())
+        values.append(value)
+    return second if values[1] > values[0] + _GAIN_TOL else first
 
 
 def _average_dense(w: np.ndarray, lp: np.ndarray | None) -> np.ndarray:
@@ -769,24 +795,18 @@ def _move_nodes(
     st = _membership(lab, k) @ w  # [K, N] summed weight from each cluster to each node
     size = np.bincount(lab, minlength=k)  # [K]
     lsum = None if lp is None else _cluster_sums(lab, k, lp)  # [K, C]
+    pos_k, pos_i, pos_s = _positive_entries(st)  # positive cluster-to-node sums
+    # best summed log-prob of each (cluster + node), kept up to date with the entries
+    pos_join = None if lsum is None else _max_of_sums(lsum, pos_k, lp, pos_i)
     while True:
         own = np.asarray(st[lab, node]).ravel()  # [N]
-        cand_k, cand_i, cand_s = _positive_entries(st)
-        other = cand_k != lab[cand_i]
-        cand_k, cand_i, cand_s = cand_k[other], cand_i[other], cand_s[other]
+        other = pos_k != lab[pos_i]
+        cand_k, cand_i, cand_s = pos_k[other], pos_i[other], pos_s[other]
         leave = -own  # [N] gain of leaving the own cluster
         if lsum is not None:
             best = lsum.max(axis=1)  # [K]
             leave = leave + (lsum[lab] - lp).max(axis=1) - best[lab]
-            step = max(1, _CHUNK // lp.shape[1])
-            join = np.concatenate(
-                [
-                    (lsum[cand_k[q : q + step]] + lp[cand_i[q : q + step]]).max(axis=1)
-                    for q in range(0, cand_i.size, step)
-                ]
-                or [np.zeros(0)]
-            )
-            move = cand_s + leave[cand_i] + join - best[cand_k]
+            move = cand_s + leave[cand_i] + pos_join[other] - best[cand_k]
             alone = leave + lp.max(axis=1)
         else:
             move = cand_s + leave[cand_i]
@@ -827,6 +847,15 @@ def _move_nodes(
             lsum[target] += lp[mover]
             lsum[source] -= lp[mover]
         lab[mover] = target
+        touched = np.concatenate([target, source])
+        keep = ~np.isin(pos_k, touched)
+        row, pos_i_new, pos_s_new = _positive_entries(st[touched])
+        pos_k = np.concatenate([pos_k[keep], touched[row]])
+        pos_i = np.concatenate([pos_i[keep], pos_i_new])
+        pos_s = np.concatenate([pos_s[keep], pos_s_new])
+        if lsum is not None:
+            join_new = _max_of_sums(lsum, touched[row], lp, pos_i_new)
+            pos_join = np.concatenate([pos_join[keep], join_new])
 
 
 def _merge_clusters(
@@ -894,7 +923,7 @@ def _kl_exchanges(
     lo = 0
     while lo < pairs.shape[0]:
         hi = lo + 1
-        while hi < pairs.shape[0] and (hi + 1 - lo) * int(count[hi]) ** 2 <= _CHUNK:
+        while hi < pairs.shape[0] and (hi + 1 - lo) * _block_floats(int(count[hi]), lp) <= _CHUNK:
             hi += 1
         m = int(count[hi - 1])
         chunk = pairs[lo:hi]
@@ -928,6 +957,11 @@ def _kl_exchanges(
     return lab, bool(chosen.size)
 
 
+def _block_floats(m: int, lp: np.ndarray | None) -> int:
+    """Floats per problem in ``_kl_sequences`` for M = m nodes: [M, M] weights, [M, C] lp."""
+    return m * max(m, 1 if lp is None else lp.shape[1])
+
+
 def _gather_blocks(
     w: np.ndarray | sp.csr_matrix, nodes: np.ndarray, real: np.ndarray
 ) -> np.ndarray:
@@ -959,52 +993,50 @@ def _kl_sequences(
 
     w [P, M, M] weights among the members of both clusters (0 at padding), lp [P, M, C] their
     log-probs or None, side bool [P, M] (True: second cluster), real bool [P, M] (False:
-    padding). Moves every node once to the other side, always the one of highest gain
-    (negative gains allowed), and keeps the best prefix. Returns its gain [P] (0 if no prefix
-    gains) and the nodes it moves, bool [P, M].
+    padding). Moves every node once to the other side, always the one of highest pair gain
+    (negative gains allowed), and keeps the prefix of highest gain in the full objective (the
+    class term is evaluated for every prefix at the end, which is O(M) rather than O(M²) work
+    per problem). Returns that gain [P] (0 if no prefix gains) and the nodes the prefix moves,
+    bool [P, M].
     """
     p, m = side.shape
     row = np.arange(p)
-    side = side.copy()
     sign = np.where(side, 1.0, -1.0)  # [P, M]
     d = -sign * np.einsum("pij,pj->pi", w, sign)  # [P, M] pair gain of a move to the other side
     done = ~real
-    if lp is not None:
-        lsum = np.stack(
-            [(lp * (real & ~side)[:, :, None]).sum(1), (lp * side[:, :, None]).sum(1)], axis=1
-        )  # [P, 2, C]
-    total = np.zeros(p)
-    best = np.zeros(p)
-    best_len = np.zeros(p, dtype=np.int64)
-    step_of = np.full((p, m), m)  # [P, M] step at which each node moves
+    moved = np.full((p, m), -1)  # [P, steps] node moved at each step, -1: none
+    gains = np.zeros((p, m))  # [P, steps] pair gain of each step
     for step in range(m):
-        g = d.copy()
-        if lp is not None:
-            own = lsum[row[:, None], side.astype(np.int64)]  # [P, M, C]
-            dst = lsum[row[:, None], 1 - side.astype(np.int64)]
-            g += (dst + lp).max(-1) - dst.max(-1) + (own - lp).max(-1) - own.max(-1)
-        g[done] = -np.inf
+        g = np.where(done, -np.inf, d)
         i = g.argmax(axis=1)  # [P]
-        gi = g[row, i]
-        live = np.isfinite(gi)
+        live = ~done[row, i]
         if not live.any():
             break
         r, i = row[live], i[live]
-        total[live] += gi[live]
-        step_of[r, i] = step
+        moved[r, step] = i
+        gains[r, step] = g[r, i]
         done[r, i] = True
-        if lp is not None:
-            s_old = side[r, i].astype(np.int64)
-            lsum[r, s_old] -= lp[r, i]
-            lsum[r, 1 - s_old] += lp[r, i]
-        side[r, i] = ~side[r, i]
         sign[r, i] = -sign[r, i]
         d[r] -= 2.0 * sign[r] * w[r, i] * sign[r, i][:, None]
         d[r, i] = -d[r, i]
-        better = total > best + _GAIN_TOL
-        best[better] = total[better]
-        best_len[better] = step + 1
-    return best, step_of < best_len[:, None]
+    total = np.concatenate([np.zeros((p, 1)), np.cumsum(gains, axis=1)], axis=1)  # [P, M + 1]
+    if lp is not None:
+        first = (lp * (real & ~side)[:, :, None]).sum(axis=1)  # [P, C] summed log-probs
+        second = (lp * side[:, :, None]).sum(axis=1)
+        step_lp = np.where((moved >= 0)[:, :, None], lp[row[:, None], np.maximum(moved, 0)], 0.0)
+        from_first = ~side[row[:, None], np.maximum(moved, 0)]  # [P, steps]
+        shift = np.cumsum(np.where(from_first[:, :, None], step_lp, -step_lp), axis=1)
+        after = (first[:, None] - shift).max(-1) + (second[:, None] + shift).max(-1)  # [P, M]
+        before = first.max(-1) + second.max(-1)  # [P]
+        total[:, 1:] += after - before[:, None]
+    best_len = total.argmax(axis=1)  # [P], 0 when no prefix gains
+    best = total[row, best_len]
+    best_len[best <= _GAIN_TOL] = 0
+    in_prefix = np.arange(m) < best_len[:, None]  # [P, steps]
+    flip = np.zeros((p, m), dtype=bool)
+    rr, ss = np.nonzero(in_prefix & (moved >= 0))
+    flip[rr, moved[rr, ss]] = True
+    return np.where(best_len > 0, best, 0.0), flip
 
 
 # ---------------------------------------------------------------------------- sparse solvers
@@ -1088,8 +1120,13 @@ def _gaec_kl_sparse(
         if lsum is not None:
             lsum[a] += lsum[b]
 
-    labels = _contract(n, u, v, wl, score, absorb)
-    return _local_search(_symmetric_csr(n, u, v, wl), lp, labels)
+    w = _symmetric_csr(n, u, v, wl)
+    return _better(
+        _sparse_pair_sums(u, v, wl),
+        lp,
+        _local_search(w, lp, _contract(n, u, v, wl, score, absorb)),
+        _local_search(w, lp, _average_sparse(n, u, v, wl, None)),
+    )
 
 
 def _average_sparse(

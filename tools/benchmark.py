@@ -18,16 +18,22 @@ Every trained model is scored on the whole val set with the same decoder (``gaec
 ``detgroup.metrics``. Results go to ``OUT/<dataset>/results.json``, ``OUT/<dataset>/section.md``
 and the dataset's section of BENCHMARKS.md.
 
+Trained models live in ``OUT/<dataset>/models/<variant>``. Running the same command again
+resumes an interrupted training (``last.pt``) and reuses finished ones (``model.pt``), so an
+interrupted benchmark is finished by re-running it; ``--reuse DIR`` takes finished models (and
+the data) from an earlier ``--out``. A model trained with another recipe is an error.
+
 Usage::
 
     python tools/benchmark.py                      # 1000 train / 200 val synthetic, 8 epochs
-    python tools/benchmark.py --quick              # tiny smoke run (~1 minute)
+    python tools/benchmark.py --quick              # tiny smoke run (1-3 minutes)
     python tools/benchmark.py --reuse runs/benchmark --only full,sq_agglo   # re-score only
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import json
 import logging
@@ -60,11 +66,11 @@ from detgroup.baselines import (
     scene_groups,
     tune,
 )
-from detgroup.config import load_config
+from detgroup.config import Config, config_to_dict, load_config
 from detgroup.data.coco_groups import load_coco_groups
 from detgroup.data.dataset import GroupDataset, collate_groups
 from detgroup.data.synth import SynthConfig, generate_synthetic
-from detgroup.engine.checkpoint import load_model_from_checkpoint
+from detgroup.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
 from detgroup.engine.evaluate import PostProcess, evaluate, move_batch
 from detgroup.engine.train import train
 from detgroup.metrics import GroupingEvaluator
@@ -256,21 +262,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def train_or_reuse(
-    variant: str, spec: DatasetSpec, args: argparse.Namespace
-) -> tuple[Path, float | None, bool]:
-    """Checkpoint of ``variant`` (from ``--reuse`` when there, else trained into ``--out``), its
-    training time in seconds (None when unknown) and whether it was reused."""
-    if args.reuse is not None:
-        run = args.reuse / spec.key / "models" / variant
-        if (run / "model.pt").is_file():
-            summary = run / "summary.json"
-            seconds = json.loads(summary.read_text())["train_seconds"] if summary.is_file() \
-                else None
-            log.info("%s: reusing %s", variant, run / "model.pt")
-            return run / "model.pt", seconds, True
-    run = args.out / spec.key / "models" / variant
-    cfg = load_config(None, [
+def variant_config(variant: str, spec: DatasetSpec, args: argparse.Namespace) -> Config:
+    """The training config of ``variant`` on ``spec``."""
+    return load_config(None, [
         f"data.train_ann={spec.train_ann}", f"data.train_images={spec.train_images}",
         f"data.val_ann={spec.val_ann}", f"data.val_images={spec.val_images}",
         *spec.overrides, *args.set, *VARIANTS[variant],
@@ -280,10 +274,60 @@ def train_or_reuse(
         # because this tool scores the whole val set itself.
         f"train.eval_every={args.epochs}", "train.max_val_images=8",
     ])
-    log.info("%s: training %d epochs into %s", variant, args.epochs, run)
-    summary = train(cfg, out_dir=run, progress=False)
-    log.info("%s: trained in %.0f s", variant, summary["train_seconds"])
-    return run / "model.pt", float(summary["train_seconds"]), False
+
+
+def _recipe(config: dict[str, Any]) -> dict[str, Any]:
+    """A config dict without what does not change the trained model (file locations, threads,
+    device, the category names filled in by training)."""
+    recipe = json.loads(json.dumps(config))
+    recipe.pop("category_names", None)
+    for key in ("train_ann", "train_images", "val_ann", "val_images"):
+        recipe["data"].pop(key, None)
+    for key in ("threads", "device"):
+        recipe["train"].pop(key, None)
+    return recipe
+
+
+def training_seconds(run: Path) -> float | None:
+    """Sum of the epoch times in ``run``/log.csv (training only, across resumes), or None."""
+    path = run / "log.csv"
+    if not path.is_file():
+        return None
+    with path.open() as f:
+        return sum(float(row["epoch_seconds"]) for row in csv.DictReader(f))
+
+
+def train_or_reuse(
+    variant: str, spec: DatasetSpec, args: argparse.Namespace
+) -> tuple[Path, float | None, bool]:
+    """Checkpoint of ``variant``, its training seconds (None when unknown) and whether it came
+    from ``--reuse``.
+
+    A finished model (``model.pt``) in ``--reuse`` or ``--out`` is used as it is; an unfinished
+    one in ``--out`` (``last.pt``) is resumed; else the variant is trained into ``--out``. A
+    model trained with another recipe (e.g. other ``--epochs``) is an error, never silently used.
+    """
+    cfg = variant_config(variant, spec, args)
+    wanted = _recipe(config_to_dict(cfg))
+    run = args.out / spec.key / "models" / variant
+    for base in ([args.reuse] if args.reuse is not None else []) + [args.out]:
+        found = base / spec.key / "models" / variant
+        for name in ("model.pt", "last.pt") if base == args.out else ("model.pt",):
+            if not (found / name).is_file():
+                continue
+            if _recipe(load_checkpoint(found / name)["config"]) != wanted:
+                raise SystemExit(f"{found / name}: trained with another recipe than this run's "
+                                 f"(e.g. --epochs, --set); use another --out")
+            if name == "model.pt":
+                log.info("%s: reusing %s", variant, found / name)
+                return found / name, training_seconds(found), base != args.out
+    resume = (run / "last.pt").is_file()
+    log.info("%s: %s %d epochs in %s", variant, "resuming" if resume else "training",
+             args.epochs, run)
+    train(cfg, out_dir=run, resume=resume, progress=False)
+    seconds = training_seconds(run)
+    log.info("%s: trained in %.0f s", variant, seconds or 0.0)
+    return run / "model.pt", seconds, False
 
 
 def val_loader(spec: DatasetSpec) -> DataLoader:
@@ -472,13 +516,18 @@ def error_ratio(baseline_ari: float, ari: float) -> float:
     return math.inf if ari >= 1.0 else (1.0 - baseline_ari) / (1.0 - ari)
 
 
+def best_row(rows: list[Row], family: str) -> Row | None:
+    """The non-oracle row of ``family`` with the highest val ARI (None if there is none)."""
+    pool = [r for r in rows if r.family == family and not r.oracle and r.key != "full"]
+    return max(pool, key=lambda r: r.metrics["ari"], default=None)
+
+
 def headline(rows: list[Row]) -> dict[str, Any] | None:
     """The full model against the best status-quo row (by val ARI), or None if one is missing."""
     full = next((r for r in rows if r.key == "full"), None)
-    status_quo = [r for r in rows if r.family == "status_quo" and not r.oracle]
-    if full is None or not status_quo:
+    best = best_row(rows, "status_quo")
+    if full is None or best is None:
         return None
-    best = max(status_quo, key=lambda r: r.metrics["ari"])
     f, b = full.metrics, best.metrics
     return {
         "baseline": best.key, "baseline_name": best.name,
@@ -545,6 +594,16 @@ def render(spec: DatasetSpec, rows: list[Row], meta: dict[str, Any]) -> str:
             f"grouping error (1 − ARI) ×{_fmt(head['error_ratio'], 1)} lower.",
             "",
         ]
+    others = [best_row(rows, family) for family in FAMILIES if family != "detgroup"]
+    others.append(next((r for r in rows if r.key == "no_relation"), None))
+    others = [r for r in others if r is not None]
+    if full is not None and others:
+        lines += ["| detgroup compared with (best realistic method of each family) | its ARI | "
+                  "its (1 − ARI) / detgroup's |", "|---|---|---|"]
+        lines += [f"| {r.name} | {r.metrics['ari']:.3f} | "
+                  f"×{_fmt(error_ratio(r.metrics['ari'], full.metrics['ari']), 2)} |"
+                  for r in others]
+        lines.append("")
     if full is not None:
         lines += ["| target (detgroup, synthetic val) | value | met |", "|---|---|---|"]
         for key, threshold, label in TARGETS:
@@ -576,7 +635,7 @@ def render(spec: DatasetSpec, rows: list[Row], meta: dict[str, Any]) -> str:
         "number of groups); shown for reference, never counted as a baseline to beat. "
         "Position-only rows within the classifier's categories are the realistic ones. "
         "*train s*: training the model the row needs (the per-box classifier for the clustering "
-        "rows), including one short val pass; *tune s*: the grid search on train; "
+        "rows; sum of its epoch times); *tune s*: the grid search on train; "
         "*infer ms/img*: wall time of the model forward (batches of 8) plus grouping, per val "
         "image; *CPU ms/img*: CPU time of this process for the whole val pass (image loading "
         "included; less sensitive to the other jobs on the machine than wall time).",
@@ -632,7 +691,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "partial": "" if set(args.methods) == set(METHODS) else
             f"only {', '.join(args.methods)} were run (--only).",
             "reused": f"the models {', '.join(reused)} were trained by an earlier run into "
-                      f"{args.reuse} (their train s come from its summary.json); everything "
+                      f"{args.reuse} (their train s come from its log.csv); everything "
                       "else, all scoring and tuning included, ran in this one" if reused else "",
         }
         text = render(spec, rows, meta)
