@@ -191,11 +191,10 @@ class _Painter:
         self.alpha = np.zeros((height, width), np.uint8)
 
     def ellipse(self, c: tuple[int, int], axes: tuple[float, float], angle: float,
-                colour: tuple[int, ...], *, to_alpha: bool = True) -> None:
+                colour: tuple[int, ...]) -> None:
         ax = (max(1, round(axes[0] * 16)), max(1, round(axes[1] * 16)))
         cv2.ellipse(self.rgb, c, ax, angle, 0, 360, colour, -1, cv2.LINE_AA, self.SHIFT)
-        if to_alpha:
-            cv2.ellipse(self.alpha, c, ax, angle, 0, 360, 255, -1, cv2.LINE_AA, self.SHIFT)
+        cv2.ellipse(self.alpha, c, ax, angle, 0, 360, 255, -1, cv2.LINE_AA, self.SHIFT)
 
     def polygon(self, pts: np.ndarray, colour: tuple[int, ...]) -> None:
         pts = np.round(pts * 16).astype(np.int32)
