@@ -672,13 +672,29 @@ def write_section(path: Path, text: str) -> None:
         f.write(new)
 
 
+def without_only(argv: list[str]) -> list[str]:
+    """``argv`` without its ``--only`` option (the command that runs every method)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--only":
+            skip = True
+        elif not arg.startswith("--only="):
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    command = shlex.join(["python", "tools/benchmark.py", *(argv or sys.argv[1:])])
+    given = list(argv if argv is not None else sys.argv[1:])
+    command = shlex.join(["python", "tools/benchmark.py", *given])
+    finish = shlex.join(["python", "tools/benchmark.py", *without_only(given)])
     for key in args.dataset_keys:
         load_start = os.getloadavg()[0]
         data_base = args.reuse if args.reuse and (args.reuse / key / "data").is_dir() else args.out
@@ -689,7 +705,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "machine": machine_text(device, args.threads), "command": command,
             "load_start": load_start, "load_end": os.getloadavg()[0],
             "partial": "" if set(args.methods) == set(METHODS) else
-            f"only {', '.join(args.methods)} were run (--only).",
+            f"only {', '.join(args.methods)} were run (--only); missing: "
+            f"{', '.join(m for m in METHODS if m not in args.methods)}. Finish with `{finish}` "
+            "(it reuses the finished models and resumes an interrupted training).",
             "reused": f"the models {', '.join(reused)} were trained by an earlier run into "
                       f"{args.reuse} (their train s come from its log.csv); everything "
                       "else, all scoring and tuning included, ran in this one" if reused else "",
