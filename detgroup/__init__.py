@@ -22,7 +22,9 @@ __all__ = [
     "GroupResult",
     "Grouper",
     "decode",
+    "decode_sparse",
     "partition",
+    "partition_sparse",
     "__version__",
 ]
 
@@ -31,7 +33,9 @@ _WHERE = {
     "GroupResult": "detgroup.inference",
     "Grouper": "detgroup.inference",
     "decode": "detgroup.decoder",
+    "decode_sparse": "detgroup.decoder",
     "partition": "detgroup.decoder",
+    "partition_sparse": "detgroup.decoder",
 }
 
 
