@@ -142,3 +142,39 @@ def test_help_for_every_command() -> None:
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0
+
+
+def test_infer_with_a_local_detector_weights_file(tiny_checkpoint: Path, tiny_data: Path,
+                                                  tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Boxes from a torchvision Faster R-CNN whose weights the user gives as a file."""
+    import torch
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
+
+    torch.manual_seed(0)
+    detector = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None,
+                                                 num_classes=3)
+    weights = tmp_path / "detector.pt"
+    torch.save(detector.state_dict(), weights)
+    image = sorted((tiny_data / "val/images").glob("*.png"))[0]
+    out = tmp_path / "out"
+    code = main(["infer", "--checkpoint", str(tiny_checkpoint), "--images", str(image),
+                 "--detector", str(weights), "--detector-arch",
+                 "fasterrcnn_mobilenet_v3_large_fpn", "--detector-score", "0.0",
+                 "--out", str(out), "--json"])
+    summary = _last_json(capsys.readouterr().out)
+    assert code == 0 and summary["images_done"] == 1, summary
+    record = json.loads((out / "per_image" / f"{image.stem}.json").read_text())
+    assert len(record["boxes"]) == summary["boxes"]
+
+
+def test_detector_weights_that_do_not_fit(tiny_checkpoint: Path, tiny_data: Path,
+                                          tmp_path: Path) -> None:
+    import torch
+
+    weights = tmp_path / "other.pt"
+    torch.save({"some.weight": torch.zeros(2)}, weights)
+    code = main(["infer", "--checkpoint", str(tiny_checkpoint),
+                 "--images", str(tiny_data / "val/images"), "--detector", str(weights),
+                 "--out", str(tmp_path / "out")])
+    assert code == EXIT_USER_ERROR

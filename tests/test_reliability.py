@@ -136,3 +136,49 @@ def test_kill_9_mid_training_then_resume_matches_uninterrupted_run(
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
     assert not list(out.glob(".*.tmp"))  # a temp file left by the kill is cleaned on resume
+
+
+# --- kill -9 during inference over a folder, then run again -------------------------------------
+
+
+def test_kill_9_mid_inference_then_rerun_skips_done_images(
+    tiny_checkpoint: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    import cv2
+
+    images, boxes = tmp_path / "images", tmp_path / "boxes"
+    images.mkdir()
+    boxes.mkdir()
+    sources = sorted((tiny_data / "train/images").glob("*.png"))
+    for k in range(60):
+        name = f"img{k:03d}"
+        (images / f"{name}.png").write_bytes(sources[k % len(sources)].read_bytes())
+        (boxes / f"{name}.json").write_text(json.dumps([[4, 4, 40, 40], [50, 50, 90, 100]]))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "detgroup.cli", "infer", "--checkpoint", str(tiny_checkpoint),
+           "--images", str(images), "--boxes", str(boxes), "--out", str(out), "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(list(out.glob("per_image/*.json"))) >= 3:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "inference finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    done_before = sorted(p.stem for p in (out / "per_image").glob("*.json"))
+    assert 3 <= len(done_before) < 60
+    for stem in done_before:  # every result file present is complete
+        json.loads((out / "per_image" / f"{stem}.json").read_text())
+        assert cv2.imread(str(out / "overlays" / f"{stem}.png")) is not None
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert summary["images_skipped"] == len(done_before)
+    assert summary["images_done"] == 60 - len(done_before)
+    assert len(list((out / "per_image").glob("*.json"))) == 60
+    assert len(json.loads((out / "predictions.json").read_text())["images"]) == 60
+    assert not list(out.rglob(".*.tmp"))  # temp files a kill may leave are removed on rerun

@@ -213,6 +213,8 @@ def run_inference(
             (out_dir / sub).mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DetgroupError(f"{out_dir}: cannot create output folder ({err.strerror})") from None
+    for stale in out_dir.rglob(".*.tmp"):  # left by a run killed while writing
+        stale.unlink(missing_ok=True)
 
     names = grouper.category_names
     records: list[dict[str, Any]] = []
