@@ -44,29 +44,30 @@ class PairAffinityHead(nn.Module):
             nn.Linear(hidden, 1),
         )
 
-    def _rows(self, h: Tensor, boxes: Tensor, start: int, stop: int) -> Tensor:
-        hi = h[:, start:stop, None, :]  # [B, R, 1, D]
-        hj = h[:, None, :, :]  # [B, 1, N, D]
-        geometry = symmetric_pair_geometry_rows(boxes, start, stop)  # [B, R, N, G]
+    def _block(self, h: Tensor, boxes: Tensor, rows: slice, cols: slice) -> Tensor:
+        hi = h[:, rows, None, :]  # [B, R, 1, D]
+        hj = h[:, None, cols, :]  # [B, 1, K, D]
+        geometry = symmetric_pair_geometry(boxes[:, rows], boxes[:, cols])  # [B, R, K, G]
         feats = torch.cat([hi * hj, (hi - hj).abs(), geometry.to(h.dtype)], dim=-1)
-        return self.mlp(feats).squeeze(-1)  # [B, R, N]
+        return self.mlp(feats).squeeze(-1)  # [B, R, K]
 
     def forward(self, h: Tensor, boxes: Tensor) -> dict[str, Tensor]:
-        """h [B, N, D], boxes [B, N, 4] xyxy → ``pred_affinity`` [B, N, N] logits."""
+        """h [B, N, D], boxes [B, N, 4] xyxy → ``pred_affinity`` [B, N, N] logits.
+
+        At inference with N > ``chunk`` only the blocks on and above the diagonal are
+        evaluated, ``chunk`` rows at a time, and mirrored: the features are symmetric in
+        (i, j), so this is exact and halves the work on big scenes.
+        """
         n = h.shape[1]
         if self.training or n <= self.chunk:
-            return {"pred_affinity": self._rows(h, boxes, 0, n)}
-        rows = [self._rows(h, boxes, s, min(s + self.chunk, n)) for s in range(0, n, self.chunk)]
-        return {"pred_affinity": torch.cat(rows, dim=1)}
-
-
-def symmetric_pair_geometry_rows(boxes: Tensor, start: int, stop: int) -> Tensor:
-    """Rows ``start:stop`` of :func:`symmetric_pair_geometry`: [B, stop - start, N, G]."""
-    if start == 0 and stop == boxes.shape[1]:
-        return symmetric_pair_geometry(boxes)
-    both = torch.cat([boxes[:, start:stop], boxes], dim=1)  # [B, R + N, 4]
-    r = stop - start
-    return symmetric_pair_geometry(both)[:, :r, r:]
+            return {"pred_affinity": self._block(h, boxes, slice(None), slice(None))}
+        out = h.new_empty(h.shape[0], n, n)
+        for start in range(0, n, self.chunk):
+            stop = min(start + self.chunk, n)
+            block = self._block(h, boxes, slice(start, stop), slice(start, n))  # [B, R, N - s]
+            out[:, start:stop, start:] = block
+            out[:, start:, start:stop] = block.transpose(1, 2)
+        return {"pred_affinity": out}
 
 
 class AssignmentHead(nn.Module):

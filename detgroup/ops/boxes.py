@@ -39,14 +39,16 @@ def box_features(boxes: Tensor, image_sizes: Tensor) -> Tensor:
     return torch.cat([norm, torch.stack([cx, cy, w, h, aspect], dim=-1)], dim=-1)
 
 
-def pairwise_iou(boxes: Tensor) -> Tensor:
-    """IoU of every pair of boxes of each image: boxes [B, N, 4] → [B, N, N]."""
+def pairwise_iou(boxes: Tensor, others: Tensor | None = None) -> Tensor:
+    """IoU of boxes [B, N, 4] with others [B, M, 4] (default: themselves) → [B, N, M]."""
+    others = boxes if others is None else others
     wh = (boxes[..., 2:] - boxes[..., :2]).clamp_min(0)  # [B, N, 2]
-    area = wh[..., 0] * wh[..., 1]  # [B, N]
-    lt = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])  # [B, N, N, 2]
-    rb = torch.minimum(boxes[:, :, None, 2:], boxes[:, None, :, 2:])  # [B, N, N, 2]
-    inter = (rb - lt).clamp_min(0).prod(-1)  # [B, N, N]
-    union = area[:, :, None] + area[:, None, :] - inter
+    wh_o = (others[..., 2:] - others[..., :2]).clamp_min(0)  # [B, M, 2]
+    area, area_o = wh[..., 0] * wh[..., 1], wh_o[..., 0] * wh_o[..., 1]
+    lt = torch.maximum(boxes[:, :, None, :2], others[:, None, :, :2])  # [B, N, M, 2]
+    rb = torch.minimum(boxes[:, :, None, 2:], others[:, None, :, 2:])  # [B, N, M, 2]
+    inter = (rb - lt).clamp_min(0).prod(-1)  # [B, N, M]
+    union = area[:, :, None] + area_o[:, None, :] - inter
     return inter / union.clamp_min(_EPS)
 
 
@@ -83,23 +85,26 @@ def pairwise_geometry(boxes: Tensor) -> Tensor:
     )
 
 
-def symmetric_pair_geometry(boxes: Tensor) -> Tensor:
+def symmetric_pair_geometry(boxes: Tensor, others: Tensor | None = None) -> Tensor:
     """Undirected relation of boxes i and j (equal for (i, j) and (j, i)), for the pair head.
 
     Args:
         boxes: [B, N, 4] xyxy absolute pixels.
+        others: [B, M, 4] boxes to pair them with (default: ``boxes`` itself, M = N).
 
     Returns:
-        [B, N, N, 6]: log1p of |dx| and |dy| in units of the pair's mean size, |log w ratio|,
+        [B, N, M, 6]: log1p of |dx| and |dy| in units of the pair's mean size, |log w ratio|,
         |log h ratio|, IoU, and log1p of the gap between the boxes in the same units.
     """
+    others = boxes if others is None else others
     centre, size = _centres_sizes(boxes)
-    delta = (centre[:, None, :, :] - centre[:, :, None, :]).abs()  # [B, N, N, 2]
-    mean_size = (size[:, None, :, :] + size[:, :, None, :]) / 2  # [B, N, N, 2]
+    centre_o, size_o = _centres_sizes(others)
+    delta = (centre_o[:, None, :, :] - centre[:, :, None, :]).abs()  # [B, N, M, 2]
+    mean_size = (size_o[:, None, :, :] + size[:, :, None, :]) / 2  # [B, N, M, 2]
     rel = delta / mean_size
-    log_size = torch.log(size[:, None, :, :] / size[:, :, None, :]).abs()
-    gap = (delta - mean_size).clamp_min(0) / mean_size  # [B, N, N, 2]
-    iou = pairwise_iou(boxes)
+    log_size = torch.log(size_o[:, None, :, :] / size[:, :, None, :]).abs()
+    gap = (delta - mean_size).clamp_min(0) / mean_size  # [B, N, M, 2]
+    iou = pairwise_iou(boxes, others)
     return torch.cat(
         [torch.log1p(rel), log_size, iou[..., None], torch.log1p(gap.norm(dim=-1))[..., None]],
         dim=-1,
