@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from benchmarks_md import write_section
 from scipy.spatial import cKDTree
 from sklearn.metrics import adjusted_rand_score
 
@@ -322,24 +323,6 @@ def report(quick: bool) -> str:
     return header + "\n\n" + "\n\n".join([*parts, NOTES]) + "\n"
 
 
-def update(path: Path, section: str) -> None:
-    """Replace (or append) this script's section of a markdown file, leaving the rest as is."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        rest = "".join(lines[end:])
-        new = "".join(lines[:start]) + section + ("\n" + rest if rest else "")
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -348,7 +331,7 @@ def main() -> None:
     section = report(args.quick)
     print(section)
     if args.update is not None:
-        update(args.update, section)
+        write_section(args.update, section)
 
 
 if __name__ == "__main__":

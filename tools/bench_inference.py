@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from benchmarks_md import write_section
 
-from detgroup.atomic import atomic_write_bytes
 from detgroup.config import load_config
 from detgroup.decoder import decode
 from detgroup.model.detector import GroupingModel, build_model
@@ -203,21 +203,6 @@ def report(results: dict[tuple[str, int], dict[tuple[int, str], float]], counts:
             + (" and was set." if policy == "PASSIVE" else ": re-run with it.")
         )
     return "\n".join(lines + [""] + [f"* {v}" for v in notes]) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) this tool's section of ``path``; other sections stay as they are."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        stop = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                    len(lines))
-        tail = "".join(lines[stop:])
-        new = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-    atomic_write_bytes(path, new.encode())
 
 
 def main() -> None:

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from benchmarks_md import write_section
 from torch.utils.data import DataLoader, Subset
 
 from detgroup.atomic import atomic_open
@@ -656,25 +657,6 @@ def render(spec: DatasetSpec, rows: list[Row], meta: dict[str, Any]) -> str:
         lines.append(f"| {r.key} | {r.categories} | "
                      + " | ".join(_fmt(r.metrics[k]) for k in METRICS) + " |")
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, text: str) -> None:
-    """Replace the section of ``path`` that starts with ``text``'s first line (up to the next
-    ``## `` heading), or append it; creates the file with a ``# Benchmarks`` title. The file is
-    read right before the atomic write, so other sections edited meanwhile are kept."""
-    heading = text.splitlines()[0]
-    old = path.read_text() if path.is_file() else "# Benchmarks\n"
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + text + ("\n" + tail if tail else "")
-    with atomic_open(path, "w") as f:
-        f.write(new)
 
 
 def without_only(argv: list[str]) -> list[str]:
