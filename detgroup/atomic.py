@@ -38,6 +38,14 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         raise
 
 
+def remove_stale_temp_files(folder: str | Path, *, recursive: bool = False) -> None:
+    """Delete the temporary files that ``atomic_open`` leaves when a process is killed while
+    writing (``.NAME.*.tmp``) in ``folder`` (and its subfolders with ``recursive``)."""
+    folder = Path(folder)
+    for stale in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_open(path, "wb") as f:

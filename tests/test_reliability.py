@@ -102,6 +102,20 @@ def _args(data: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
+def _kill_9_when(cmd: list[str], env: dict[str, str], ready) -> None:
+    """Start ``cmd``, wait (at most 120 s) until ``ready()`` holds, then SIGKILL it; the process
+    must still be running at that moment."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.01)
+        assert proc.poll() is None, "the command finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+
+
 def test_kill_9_mid_training_then_resume_matches_uninterrupted_run(
     tiny_data: Path, tmp_path: Path
 ) -> None:
@@ -109,19 +123,14 @@ def test_kill_9_mid_training_then_resume_matches_uninterrupted_run(
              "model.relation.layers=1")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_args(tiny_data, out, *extra), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / "last.pt").exists():
-                time.sleep(0.3)  # let it get a few steps further, into some write or other
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "training finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+
+    def a_few_steps_saved() -> bool:
+        if not (out / "last.pt").exists():
+            return False
+        time.sleep(0.3)  # let it get a few steps further, into some write or other
+        return True
+
+    _kill_9_when(_args(tiny_data, out, *extra), env, a_few_steps_saved)
     killed_at = load_checkpoint(out / "last.pt")["step"]  # always loadable: atomic writes
     assert 0 < killed_at < 18
     assert not (out / "model.pt").exists()
@@ -158,17 +167,7 @@ def test_kill_9_mid_inference_then_rerun_skips_done_images(
     cmd = [sys.executable, "-m", "detgroup.cli", "infer", "--checkpoint", str(tiny_checkpoint),
            "--images", str(images), "--boxes", str(boxes), "--out", str(out), "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(list(out.glob("per_image/*.json"))) >= 3:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "inference finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    _kill_9_when(cmd, env, lambda: len(list(out.glob("per_image/*.json"))) >= 3)
     done_before = sorted(p.stem for p in (out / "per_image").glob("*.json"))
     assert 3 <= len(done_before) < 60
     for stem in done_before:  # every result file present is complete

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from detgroup.atomic import atomic_write_json
+from detgroup.atomic import atomic_write_json, remove_stale_temp_files
 from detgroup.data.coco_groups import load_coco_groups, read_json
 from detgroup.data.images import read_image_rgb
 from detgroup.errors import DetgroupError
@@ -213,8 +213,7 @@ def run_inference(
             (out_dir / sub).mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DetgroupError(f"{out_dir}: cannot create output folder ({err.strerror})") from None
-    for stale in out_dir.rglob(".*.tmp"):  # left by a run killed while writing
-        stale.unlink(missing_ok=True)
+    remove_stale_temp_files(out_dir, recursive=True)
 
     names = grouper.category_names
     records: list[dict[str, Any]] = []

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from detgroup.atomic import atomic_open, atomic_write_json
+from detgroup.atomic import atomic_open, atomic_write_json, remove_stale_temp_files
 from detgroup.config import Config, config_to_dict, config_to_yaml
 from detgroup.data.dataset import GroupDataset, collate_groups
 from detgroup.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
@@ -206,8 +206,7 @@ def train(
             raise DetgroupError(f"{out}: cannot create output folder ({err.strerror})") from None
         if not os.access(out, os.W_OK):
             raise DetgroupError(f"{out}: output folder is not writable")
-        for stale in out.glob(".*.tmp"):  # left by a run killed while writing
-            stale.unlink(missing_ok=True)
+        remove_stale_temp_files(out)
 
     train_set, val_set = build_loaders(cfg)
     names = train_set.category_names
