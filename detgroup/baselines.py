@@ -10,10 +10,15 @@ category like the decoder's.
 * position only: :class:`Agglomerative` or :class:`DBSCANClusterer` on box centres, and
   :func:`kmeans_oracle_groups` (k-means given the true number of groups, an oracle);
 * appearance (+ position): :class:`Agglomerative` or :class:`HDBSCANClusterer` on L2-normalised
-  features, optionally concatenated with the box centres times a weight (:class:`Setting`).
+  features, optionally concatenated with the box centres times a weight (:class:`Setting`);
+* layout rules on the boxes themselves (``Setting(on="boxes")``): :class:`LineLinker` links the
+  words of one text line separated by a small gap (and optionally a line to the next one), the
+  way a document pipeline without a model groups words into entities; :class:`Singletons` puts
+  every box alone.
 
 Thresholds, ``eps``, ``min_cluster_size`` and the position weight are chosen by :func:`tune`:
-the candidate with the highest mean ARI over a set of (training) scenes.
+the candidate with the highest mean ARI (or exact-group F1, :func:`exact_group_f1`) over a set of
+(training) scenes.
 
 Numpy / scipy / scikit-learn only; nothing here trains a network.
 """
@@ -154,19 +159,26 @@ class Scene:
             :func:`cluster_labels`); only used to tune and to count groups for the oracle.
         appearance: float [N, D], per-box features (L2-normalised by the caller when wanted),
             or [N, 0] for position-only baselines.
+        boxes: float [N, 4] (x1, y1, x2, y2) px, for the layout rules (``Setting(on="boxes")``);
+            [N, 0] when not given.
     """
 
     centres: np.ndarray
     categories: np.ndarray
     truth: np.ndarray
     appearance: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
 
     def __post_init__(self) -> None:
         n = len(self.centres)
         if self.appearance.size == 0:
             self.appearance = np.zeros((n, 0), dtype=np.float32)
-        if not len(self.categories) == len(self.truth) == len(self.appearance) == n:
-            raise ValueError("centres, categories, truth and appearance need one row per box")
+        if self.boxes.size == 0:
+            self.boxes = np.zeros((n, 0), dtype=np.float32)
+        if not (len(self.categories) == len(self.truth) == len(self.appearance)
+                == len(self.boxes) == n):
+            raise ValueError("centres, categories, truth, appearance and boxes need one row per "
+                             "box")
 
     def features(self, position_weight: float) -> np.ndarray:
         """float [N, D + 2]: the appearance features then ``position_weight`` × centres."""
@@ -179,9 +191,62 @@ class Setting:
 
     clusterer: Clusterer
     position_weight: float = 1.0
+    on: str = "features"  # "features": Scene.features(position_weight); "boxes": Scene.boxes
 
     def describe(self) -> str:
+        if self.on == "boxes":
+            return self.clusterer.describe()
         return f"{self.clusterer.describe()}, position weight {self.position_weight:g}"
+
+
+@dataclass(frozen=True)
+class LineLinker:
+    """Layout rule on boxes [M, 4] (x1, y1, x2, y2) px: groups = connected components of links.
+
+    Two boxes are on one line when their vertical overlap is at least ``min_overlap`` of the
+    smaller height; they are linked when, on one line, the horizontal gap between them is at
+    most ``max_gap`` times their mean height. With ``max_line_gap`` > 0, two boxes on
+    consecutive lines are also linked when they overlap horizontally and the vertical gap
+    between them is at most ``max_line_gap`` times their mean height (multi-line entities).
+    """
+
+    max_gap: float
+    min_overlap: float = 0.5
+    max_line_gap: float = 0.0
+
+    def __call__(self, boxes: np.ndarray) -> np.ndarray:
+        n = len(boxes)
+        if n <= 1:
+            return np.zeros(n, dtype=np.int64)
+        x1, y1, x2, y2 = (boxes[:, k] for k in range(4))
+        height = np.maximum(y2 - y1, 1e-6)
+        mean_h = (height[:, None] + height[None, :]) / 2  # [M, M]
+        v_overlap = np.minimum(y2[:, None], y2[None, :]) - np.maximum(y1[:, None], y1[None, :])
+        h_gap = np.maximum(x1[:, None], x1[None, :]) - np.minimum(x2[:, None], x2[None, :])
+        same_line = v_overlap >= self.min_overlap * np.minimum(height[:, None], height[None, :])
+        links = same_line & (h_gap <= self.max_gap * mean_h)
+        if self.max_line_gap > 0:
+            v_gap = -v_overlap  # > 0: vertical distance between the boxes
+            links |= (~same_line) & (h_gap < 0) & (v_gap <= self.max_line_gap * mean_h)
+        np.fill_diagonal(links, False)
+        return connected_components(csr_matrix(links), directed=False)[1].astype(np.int64)
+
+    def describe(self) -> str:
+        text = (f"same-line linking: gap <= {self.max_gap:.3g} x height, vertical overlap >= "
+                f"{self.min_overlap:g}")
+        if self.max_line_gap > 0:
+            text += f", next line within {self.max_line_gap:g} x height"
+        return text
+
+
+class Singletons:
+    """Every box its own group."""
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        return np.arange(len(features), dtype=np.int64)
+
+    def describe(self) -> str:
+        return "each box alone"
 
 
 def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -246,9 +311,13 @@ def group_within_categories(
 
 def scene_groups(scene: Scene, setting: Setting) -> np.ndarray:
     """int64 [N] group ids (per category) of ``scene`` under ``setting``."""
-    return group_within_categories(
-        scene.categories, scene.features(setting.position_weight), setting.clusterer
-    )
+    if setting.on == "boxes":
+        if scene.boxes.shape[1] != 4 and len(scene.boxes):
+            raise ValueError("this setting needs Scene.boxes [N, 4]")
+        features = scene.boxes
+    else:
+        features = scene.features(setting.position_weight)
+    return group_within_categories(scene.categories, features, setting.clusterer)
 
 
 def kmeans_oracle_groups(scene: Scene, *, position_weight: float = 1.0,
@@ -270,24 +339,51 @@ def kmeans_oracle_groups(scene: Scene, *, position_weight: float = 1.0,
     return groups
 
 
-def mean_ari(scenes: Sequence[Scene], setting: Setting) -> float:
-    """Mean over scenes with boxes of the ARI between ``truth`` and the (category, group)
-    partition that ``setting`` gives."""
+def exact_group_f1(truth: np.ndarray, pred: np.ndarray) -> float:
+    """F1 of exactly recovered clusters: 2 |clusters identical in both| / (|truth| + |pred|),
+    for two labelings [N] (1.0 when N = 0)."""
+    if len(truth) == 0:
+        return 1.0
+    pairs = np.unique(np.stack([truth, pred], axis=1), axis=0)  # [K, 2] co-occurring labels
+    true_ids, true_n = np.unique(pairs[:, 0], return_counts=True)
+    pred_ids, pred_n = np.unique(pairs[:, 1], return_counts=True)
+    # a cluster is recovered exactly when its true label meets only one predicted label and
+    # that predicted label meets only this true label
+    one_true = set(true_ids[true_n == 1].tolist())
+    one_pred = set(pred_ids[pred_n == 1].tolist())
+    exact = sum(1 for t, p in pairs.tolist() if t in one_true and p in one_pred)
+    return 2.0 * exact / (len(true_ids) + len(pred_ids))
+
+
+SCORES = {"ari": adjusted_rand, "exact_f1": exact_group_f1}
+
+
+def mean_score(scenes: Sequence[Scene], setting: Setting, score: str = "ari") -> float:
+    """Mean over scenes with boxes of ``score`` (a key of :data:`SCORES`) between ``truth``
+    and the (category, group) partition that ``setting`` gives."""
+    fn = SCORES[score]
     scores = [
-        adjusted_rand(s.truth, cluster_labels(s.categories, scene_groups(s, setting)))
+        fn(s.truth, cluster_labels(s.categories, scene_groups(s, setting)))
         for s in scenes if len(s.truth)
     ]
     return float(np.mean(scores)) if scores else 1.0
 
 
-def tune(scenes: Sequence[Scene], candidates: Sequence[Setting]) -> tuple[Setting, float]:
-    """The candidate with the highest :func:`mean_ari` on ``scenes`` (the first on ties), and
-    that mean ARI."""
+def mean_ari(scenes: Sequence[Scene], setting: Setting) -> float:
+    """:func:`mean_score` with the ARI."""
+    return mean_score(scenes, setting, "ari")
+
+
+def tune(scenes: Sequence[Scene], candidates: Sequence[Setting],
+         score: str = "ari") -> tuple[Setting, float]:
+    """The candidate with the highest :func:`mean_score` on ``scenes`` (the first on ties),
+    and that mean score."""
     if not candidates:
         raise ValueError("tune needs at least one candidate setting")
     best, best_score = candidates[0], -np.inf
     for setting in candidates:
-        score = mean_ari(scenes, setting)
-        if score > best_score:
-            best, best_score = setting, score
+        score_value = mean_score(scenes, setting, score)
+        if score_value > best_score:
+            best, best_score = setting, score_value
     return best, float(best_score)
+

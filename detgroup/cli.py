@@ -72,7 +72,9 @@ def cmd_data(args: argparse.Namespace) -> int:
         from detgroup.data.omniglot import convert_omniglot
 
         paths = convert_omniglot(args.src, args.out, seed=args.seed,
-                                 train_scenes=args.train_scenes, progress=True)
+                                 train_scenes=args.train_scenes, canvas=args.canvas,
+                                 glyph_size=tuple(args.glyph_size),
+                                 eval_max_chars=args.eval_max_chars, progress=True)
     for split, path in paths.items():
         stats = json.loads(path.read_text()).get("info", {}).get("stats", {})
         summary = ", ".join(f"{k} {v}" for k, v in stats.items())
@@ -223,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "test"],
                    help="FUNSD: force train/val or test (default: testing_data -> test)")
     p.add_argument("--train-scenes", type=int, default=2000, help="Omniglot: training scenes")
+    p.add_argument("--canvas", type=int, default=512, help="Omniglot: smallest scene side, px")
+    p.add_argument("--glyph-size", type=int, nargs=2, default=[40, 56], metavar=("MIN", "MAX"),
+                   help="Omniglot: range of a glyph's longer side, px")
+    p.add_argument("--eval-max-chars", type=int, default=10,
+                   help="Omniglot: most characters of a val/test/unseen scene")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("validate", help="check a COCO-with-groups file (and its images)")

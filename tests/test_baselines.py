@@ -11,11 +11,14 @@ from detgroup.baselines import (
     Agglomerative,
     DBSCANClusterer,
     HDBSCANClusterer,
+    LineLinker,
     Scene,
     Setting,
+    Singletons,
     adjusted_rand,
     box_centres,
     cluster_labels,
+    exact_group_f1,
     group_within_categories,
     kmeans_oracle_groups,
     mean_ari,
@@ -112,3 +115,68 @@ def test_adjusted_rand_matches_scikit_learn() -> None:
 def test_box_centres_are_relative_to_image_size() -> None:
     boxes = np.array([[0, 0, 20, 10], [10, 40, 30, 60]])
     np.testing.assert_allclose(box_centres(boxes, 40, 100), [[0.25, 0.05], [0.5, 0.5]])
+
+
+def form_boxes() -> tuple[np.ndarray, np.ndarray]:
+    """Words of a toy form (boxes px, true entity): "Name: John Smith" on one line (two entities
+    with a wide gap), a two-line answer under it, and a far-away word on the first line."""
+    boxes = np.array([
+        [10, 10, 50, 22], [54, 11, 62, 22],  # "Name :" (entity 0), gap 4 px
+        [120, 10, 160, 22], [165, 10, 210, 22],  # "John Smith" (entity 1), after a 58 px gap
+        [120, 26, 170, 38],  # second line of entity 1, 4 px below
+        [600, 10, 640, 22],  # a page number (entity 2)
+    ], dtype=float)
+    return boxes, np.array([0, 0, 1, 1, 1, 2])
+
+
+def test_line_linker_links_small_gaps_on_one_line_only() -> None:
+    boxes, truth = form_boxes()
+    same_line = LineLinker(max_gap=1.0)(boxes)
+    assert adjusted_rand(np.array([0, 0, 1, 1, 2, 3]), same_line) == 1.0
+    with_next = LineLinker(max_gap=1.0, max_line_gap=0.5)(boxes)
+    assert adjusted_rand(truth, with_next) == 1.0
+    # a gap above the threshold splits; one large enough merges the line but not the far word
+    assert len(np.unique(LineLinker(max_gap=0.2)(boxes))) == 6
+    assert len(np.unique(LineLinker(max_gap=10.0)(boxes))) == 3
+    # the order of the boxes does not matter
+    perm = np.random.default_rng(0).permutation(len(boxes))
+    assert adjusted_rand(with_next[perm], LineLinker(max_gap=1.0, max_line_gap=0.5)(boxes[perm])
+                         ) == 1.0
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_line_linker_and_singletons_take_empty_and_single_box(n: int) -> None:
+    boxes = np.array([[0, 0, 10, 10]], dtype=float)[:n]
+    assert LineLinker(max_gap=1.0)(boxes).tolist() == [0] * n
+    assert Singletons()(boxes).tolist() == list(range(n))
+
+
+def test_box_settings_group_scene_boxes_within_categories() -> None:
+    boxes, truth = form_boxes()
+    categories = np.array([0, 0, 1, 1, 1, 0])
+    scene = Scene(centres=box_centres(boxes, 700, 100), categories=categories,
+                  truth=cluster_labels(categories, truth), boxes=boxes)
+    setting = Setting(LineLinker(max_gap=1.0, max_line_gap=0.5), on="boxes")
+    assert adjusted_rand(scene.truth, cluster_labels(categories, scene_groups(scene, setting))
+                         ) == 1.0
+    best, score = tune([scene], [Setting(Singletons(), on="boxes"), setting], "exact_f1")
+    assert best is setting and score == 1.0
+    with pytest.raises(ValueError, match="boxes"):
+        scene_groups(Scene(centres=scene.centres, categories=categories, truth=scene.truth),
+                      setting)
+
+
+def test_exact_group_f1_counts_identical_member_sets() -> None:
+    truth = np.array([0, 0, 1, 2, 2, 3])
+    assert exact_group_f1(truth, truth + 7) == 1.0
+    # {0, 1} and {5} recovered; {2} and {3, 4} merged into one predicted group
+    pred = np.array([5, 5, 6, 6, 6, 8])
+    assert exact_group_f1(truth, pred) == pytest.approx(2 * 2 / (4 + 3))
+    assert exact_group_f1(np.zeros(0, int), np.zeros(0, int)) == 1.0
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        a, b = rng.integers(0, 4, 12), rng.integers(0, 4, 12)
+        sets_a = {frozenset(np.flatnonzero(a == v)) for v in np.unique(a)}
+        sets_b = {frozenset(np.flatnonzero(b == v)) for v in np.unique(b)}
+        expected = 2 * len(sets_a & sets_b) / (len(sets_a) + len(sets_b))
+        assert exact_group_f1(a, b) == pytest.approx(expected)

@@ -353,3 +353,14 @@ def test_real_omniglot_split_and_one_scene() -> None:
                                       glyph_size=(40, 56))
     assert image.shape[0] == image.shape[1] >= 512 and len(boxes) == len(picks)
     assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= image.shape[0]).all()
+
+
+def test_omniglot_cli_passes_the_scene_knobs(fake_omniglot: Path, omniglot_out: Path,
+                                             tmp_path: Path) -> None:
+    from detgroup.cli import main
+
+    code = main(["data", "omniglot", "--src", str(fake_omniglot), "--out", str(tmp_path / "cli"),
+                 "--seed", "1", "--train-scenes", "6", "--canvas", "128", "--glyph-size", "16",
+                 "24", "--eval-max-chars", "3"])
+    assert code == 0
+    assert _files(tmp_path / "cli") == _files(omniglot_out)  # same as the Python call

@@ -58,8 +58,10 @@ from detgroup.baselines import (
     Agglomerative,
     DBSCANClusterer,
     HDBSCANClusterer,
+    LineLinker,
     Scene,
     Setting,
+    Singletons,
     box_centres,
     cluster_labels,
     kmeans_oracle_groups,
@@ -71,6 +73,7 @@ from detgroup.config import Config, config_to_dict, load_config
 from detgroup.data.coco_groups import load_coco_groups
 from detgroup.data.dataset import GroupDataset, collate_groups
 from detgroup.data.synth import SynthConfig, generate_synthetic
+from detgroup.decoder import decode
 from detgroup.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
 from detgroup.engine.evaluate import PostProcess, evaluate, move_batch
 from detgroup.engine.train import train
@@ -92,7 +95,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }
 
 FAMILIES = {
-    "position": "position only",
+    "position": "geometry / position only",
     "status_quo": "status quo: classify, then cluster",
     "l2c": "learned pairs, no set context (L2C)",
     "detgroup": "detgroup",
@@ -107,6 +110,8 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
+    "geo_alone": Method("position", "each box alone", "classifier"),
+    "geo_line": Method("position", "same-line / small-gap linking of boxes", "classifier"),
     "pos_dbscan": Method("position", "DBSCAN on box centres", "classifier"),
     "pos_agglo": Method("position", "agglomerative on box centres", "classifier"),
     "pos_kmeans": Method("position", "k-means on box centres, true number of groups (oracle)",
@@ -122,6 +127,9 @@ METHODS: dict[str, Method] = {
     "full": Method("detgroup", "detgroup (relational transformer)", "full"),
 }
 
+# the methods of a set whose DatasetSpec does not name its own
+DEFAULT_METHODS = tuple(m for m in METHODS if not m.startswith("geo_"))
+
 METRICS = (
     "cat_acc", "cat_macro_f1", "ari", "nmi", "ami", "hungarian_acc", "pair_precision",
     "pair_recall", "pair_f1", "group_precision", "group_recall", "group_f1",
@@ -132,6 +140,11 @@ METRICS = (
 TARGETS = (("cat_acc", 0.99, "category accuracy"), ("ari", 0.97, "ARI"),
            ("exact_group_f1", 0.90, "exact-group F1"))
 ERROR_RATIO_TARGET = 2.0
+
+# layout-rule grid (gaps in units of the box height)
+LINE_GAPS = np.geomspace(0.05, 4.0, 20)
+LINE_OVERLAPS = (0.3, 0.5, 0.7)
+NEXT_LINE_GAPS = (0.0, 0.25, 0.5, 1.0)
 
 # tuning grids of the clustering baselines
 THRESHOLDS_POSITION = np.geomspace(0.01, 2.0, 36)
@@ -153,6 +166,31 @@ class DatasetSpec:
     val_ann: Path
     val_images: Path
     overrides: list[str] = field(default_factory=list)
+    config: Path | None = None  # the set's recipe (configs/*.yaml); None: the built-in defaults
+    epochs: int | None = None  # None: the recipe's
+    methods: tuple[str, ...] = DEFAULT_METHODS  # run when --only is not given
+    # variant -> the trained variant that stands in for it (e.g. the ablation's category head
+    # as the per-box classifier of the clustering rows, to save a training on a costly set)
+    aliases: dict[str, str] = field(default_factory=dict)
+    targets: tuple[tuple[str, float, str], ...] = TARGETS
+    tune_score: str = "ari"  # what the clustering baselines are tuned for (baselines.SCORES)
+    headline_families: tuple[str, ...] = ("status_quo", "position")
+    # also run the position/geometry methods category-agnostic, each group then taking the
+    # category with the highest summed probability of its boxes ("group, then vote")
+    vote: bool = False
+    extra: list[ExtraSplit] = field(default_factory=list)  # more splits scored the same way
+
+
+@dataclass
+class ExtraSplit:
+    """Another split scored with the models and settings chosen on train/val (e.g. test, or
+    scenes of classes never seen). ``agnostic``: categories are ignored (all set to one) in the
+    truth, the decoder and the clustering."""
+
+    name: str
+    ann: Path
+    images: Path
+    agnostic: bool = False
 
 
 @dataclass
@@ -177,12 +215,13 @@ class PerBoxOutputs:
     """A model's per-box outputs and the ground truth of one image (numpy).
 
     ``logits`` [N, C]; ``features`` [N, D]; ``centres`` [N, 2] (fractions of the image size);
-    ``categories``, ``groups`` [N] ground truth.
+    ``boxes`` [N, 4] xyxy px; ``categories``, ``groups`` [N] ground truth.
     """
 
     logits: np.ndarray
     features: np.ndarray
     centres: np.ndarray
+    boxes: np.ndarray
     categories: np.ndarray
     groups: np.ndarray
 
@@ -203,7 +242,7 @@ def synth_dataset(args: argparse.Namespace, data_dir: Path) -> DatasetSpec:
                  cfg.num_train, cfg.num_val, data_dir)
         generate_synthetic(data_dir, cfg)
     return DatasetSpec(
-        key="synth", title="synthetic",
+        key="synth", title="synthetic", epochs=args.epochs or 8,
         description=(f"synthetic pets in groups: {cfg.num_train} train / {cfg.num_val} val "
                      f"images of {cfg.image_size} px, seed {cfg.seed}, categories "
                      f"{', '.join(cfg.categories)}"),
@@ -214,8 +253,78 @@ def synth_dataset(args: argparse.Namespace, data_dir: Path) -> DatasetSpec:
 
 # Every set with a recipe is benchmarked. A real set joins by adding a function that returns its
 # DatasetSpec (converted files + its configs/ recipe as overrides) under its key here.
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def _converted(data_dir: Path, splits: Sequence[str], convert: Callable[[], object]) -> None:
+    if all((data_dir / s / "annotations.json").is_file() for s in splits):
+        log.info("reusing the converted set in %s", data_dir)
+    else:
+        log.info("converting into %s", data_dir)
+        convert()
+
+
+def funsd_dataset(args: argparse.Namespace, data_dir: Path) -> DatasetSpec:
+    """FUNSD words -> entities (``configs/funsd.yaml``), split as ``datasets/README_funsd.md``."""
+    from detgroup.data.funsd import convert_funsd
+
+    src = SHARED_DATA / "funsd" / "training_data"
+    if not src.is_dir():
+        raise SystemExit(f"{src}: not found; FUNSD is read from ../shared/data (see its README)")
+    _converted(data_dir, ("train", "val"), lambda: convert_funsd(src, data_dir))
+    return DatasetSpec(
+        key="funsd", title="FUNSD",
+        description="FUNSD training forms, box = word, category = its entity's label "
+                    "(question / answer / header / other), group = the entity; 119 train / 30 val "
+                    "forms (the fixed split of datasets/README_funsd.md), 18,284 / 4,228 words",
+        train_ann=data_dir / "train" / "annotations.json",
+        train_images=data_dir / "train" / "images",
+        val_ann=data_dir / "val" / "annotations.json", val_images=data_dir / "val" / "images",
+        config=ROOT / "configs" / "funsd.yaml", epochs=args.epochs,
+        methods=("geo_alone", "geo_line", "pos_agglo", "pos_dbscan", "no_relation", "full"),
+        aliases={"classifier": "no_relation"}, vote=True,
+        targets=(("cat_acc", 0.80, "word category accuracy"),),
+        tune_score="exact_f1", headline_families=("position",),
+    )
+
+
+def omniglot_dataset(args: argparse.Namespace, data_dir: Path) -> DatasetSpec:
+    """Omniglot glyph scenes (``configs/omniglot.yaml``; datasets/README_omniglot.md)."""
+    from detgroup.data.omniglot import convert_omniglot
+
+    src = SHARED_DATA / "omniglot"
+    if not (src / "images_background.npz").is_file():
+        raise SystemExit(f"{src}: no images_background.npz; Omniglot is read from ../shared/data")
+    _converted(data_dir, ("train", "val", "test", "unseen"), lambda: convert_omniglot(
+        src, data_dir, canvas=256, glyph_size=(20, 28), eval_max_chars=20))
+    split = {s: (data_dir / s / "annotations.json", data_dir / s / "images")
+             for s in ("train", "val", "test", "unseen")}
+    return DatasetSpec(
+        key="omniglot", title="Omniglot",
+        description="Omniglot glyph scenes (`detgroup data omniglot --canvas 256 --glyph-size 20 "
+                    "28 --eval-max-chars 20`), box = glyph, category = alphabet (10), group = "
+                    "character; train: 2,000 scenes of 189 characters; val: 10 scenes, one per "
+                    "alphabet, of all 20 samples of its 62 held-out characters (3..11 per scene)",
+        train_ann=split["train"][0], train_images=split["train"][1],
+        val_ann=split["val"][0], val_images=split["val"][1],
+        config=ROOT / "configs" / "omniglot.yaml", epochs=args.epochs,
+        methods=("sq_agglo", "sq_hdbscan", "l2c_kcl", "l2c_mcl", "no_relation", "full"),
+        aliases={"classifier": "no_relation"}, targets=(), headline_families=("status_quo",),
+        extra=[
+            ExtraSplit("val, categories ignored", *split["val"], agnostic=True),
+            ExtraSplit("test", *split["test"]),
+            ExtraSplit("test, categories ignored", *split["test"], agnostic=True),
+            ExtraSplit("unseen alphabets (categories ignored)", *split["unseen"], agnostic=True),
+        ],
+    )
+
+
+# Every set with a recipe is benchmarked. A real set joins by adding a function that returns its
+# DatasetSpec (converted files + its configs/ recipe) under its key here.
 DATASETS: dict[str, Callable[[argparse.Namespace, Path], DatasetSpec]] = {
     "synth": synth_dataset,
+    "funsd": funsd_dataset,
+    "omniglot": omniglot_dataset,
 }
 
 
@@ -223,15 +332,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train-images", type=int, default=1000, help="synthetic train images")
     ap.add_argument("--val-images", type=int, default=200, help="synthetic val images")
-    ap.add_argument("--epochs", type=int, default=8, help="training epochs of every model")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="training epochs of every model (default: 8 on synth, the recipe's on "
+                         "real sets)")
     ap.add_argument("--seed", type=int, default=0, help="data and training seed")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmark",
                     help="output folder (data, models, results)")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="earlier --out folder: its data and trained models are used, not redone")
-    ap.add_argument("--only", default=",".join(METHODS),
-                    help=f"comma-separated subset of: {', '.join(METHODS)}")
-    ap.add_argument("--datasets", default=",".join(DATASETS),
+    ap.add_argument("--only", default=None,
+                    help=f"comma-separated subset of: {', '.join(METHODS)} (default: the "
+                         "dataset's methods)")
+    ap.add_argument("--datasets", default="synth",
                     help=f"comma-separated subset of: {', '.join(DATASETS)}")
     ap.add_argument("--tune-images", type=int, default=200,
                     help="train images the clustering baselines are tuned on")
@@ -244,9 +356,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="config overrides for every trained model")
     args = ap.parse_args(argv)
-    args.methods = [m.strip() for m in args.only.split(",") if m.strip()]
+    args.methods = (None if args.only is None
+                    else [m.strip() for m in args.only.split(",") if m.strip()])
     args.dataset_keys = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    for name, chosen, known in (("--only", args.methods, METHODS),
+    for name, chosen, known in (("--only", args.methods or list(METHODS), METHODS),
                                 ("--datasets", args.dataset_keys, DATASETS)):
         unknown = [c for c in chosen if c not in known]
         if unknown or not chosen:
@@ -266,26 +379,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def variant_config(variant: str, spec: DatasetSpec, args: argparse.Namespace) -> Config:
     """The training config of ``variant`` on ``spec``."""
-    return load_config(None, [
+    epochs = [f"train.epochs={spec.epochs}"] if spec.epochs is not None else []
+    cfg = load_config(spec.config, [
         f"data.train_ann={spec.train_ann}", f"data.train_images={spec.train_images}",
         f"data.val_ann={spec.val_ann}", f"data.val_images={spec.val_images}",
-        *spec.overrides, *args.set, *VARIANTS[variant],
-        f"train.epochs={args.epochs}", f"train.seed={args.seed}", f"train.threads={args.threads}",
+        *spec.overrides, *args.set, *VARIANTS[variant], *epochs,
+        f"train.seed={args.seed}", f"train.threads={args.threads}",
         # One val pass, after the last epoch: model.pt is the final weights for every variant
         # (no choice of epoch by val score), and a few images suffice for that pass's log line
         # because this tool scores the whole val set itself.
-        f"train.eval_every={args.epochs}", "train.max_val_images=8",
+        "train.max_val_images=8",
     ])
+    cfg.train.eval_every = cfg.train.epochs
+    return cfg
 
 
 def _recipe(config: dict[str, Any]) -> dict[str, Any]:
-    """A config dict without what does not change the trained model (file locations, threads,
-    device, the category names filled in by training)."""
+    """A config dict without what does not change the trained weights (file locations, threads,
+    device, how often and on how many images val is scored or checkpoints are written, the
+    category names filled in by training)."""
     recipe = json.loads(json.dumps(config))
     recipe.pop("category_names", None)
     for key in ("train_ann", "train_images", "val_ann", "val_images"):
         recipe["data"].pop(key, None)
-    for key in ("threads", "device"):
+    for key in ("threads", "device", "eval_every", "max_val_images", "save_every_steps",
+                "tensorboard"):
         recipe["train"].pop(key, None)
     return recipe
 
@@ -322,14 +440,21 @@ def train_or_reuse(
                                  f"(e.g. --epochs, --set); use another --out")
             if name == "model.pt":
                 log.info("%s: reusing %s", variant, found / name)
-                return found / name, training_seconds(found), True
+                return final_weights(found), training_seconds(found), True
     resume = (run / "last.pt").is_file()
     log.info("%s: %s %d epochs in %s", variant, "resuming" if resume else "training",
-             args.epochs, run)
+             cfg.train.epochs, run)
     train(cfg, out_dir=run, resume=resume, progress=False)
     seconds = training_seconds(run)
     log.info("%s: trained in %.0f s", variant, seconds or 0.0)
-    return run / "model.pt", seconds, False
+    return final_weights(run), seconds, False
+
+
+def final_weights(run: Path) -> Path:
+    """The weights after the last epoch: ``last.pt`` when the run kept it, else ``model.pt``
+    (the same when val was scored only after the last epoch). Never a checkpoint chosen by its
+    val score, since the benchmark reports on val."""
+    return run / "last.pt" if (run / "last.pt").is_file() else run / "model.pt"
 
 
 def val_loader(spec: DatasetSpec) -> DataLoader:
@@ -368,10 +493,12 @@ def per_box_outputs(ckpt: Path, loader: DataLoader,
         for b in range(len(batch["image_ids"])):
             real = ~batch["pad_mask"][b]
             height, width = batch["image_sizes"][b].tolist()
+            boxes = batch["boxes"][b][real].cpu().numpy()
             images.append(PerBoxOutputs(
                 logits=out["pred_logits"][b][real].float().cpu().numpy(),
                 features=out["features"][b][real].float().cpu().numpy(),
-                centres=box_centres(batch["boxes"][b][real].cpu().numpy(), width, height),
+                centres=box_centres(boxes, width, height),
+                boxes=boxes,
                 categories=batch["categories"][b][real].cpu().numpy(),
                 groups=batch["groups"][b][real].cpu().numpy(),
             ))
@@ -380,22 +507,30 @@ def per_box_outputs(ckpt: Path, loader: DataLoader,
 
 
 def make_scenes(images: list[PerBoxOutputs], *, true_categories: bool,
-                appearance: bool) -> list[Scene]:
-    """Scenes split by the true or the predicted categories, with the L2-normalised features as
-    appearance or none (position only)."""
-    return [
-        Scene(
+                appearance: bool, agnostic: bool = False) -> list[Scene]:
+    """Scenes split by the true or the predicted categories (or all one with ``agnostic``), with
+    the L2-normalised features as appearance or none (position only), and the boxes."""
+    scenes = []
+    for im in images:
+        zeros = np.zeros(len(im.categories), dtype=np.int64)
+        scenes.append(Scene(
             centres=im.centres,
-            categories=im.categories if true_categories else im.logits.argmax(1),
-            truth=cluster_labels(im.categories, im.groups),
+            categories=zeros if agnostic else (
+                im.categories if true_categories else im.logits.argmax(1)),
+            truth=cluster_labels(zeros if agnostic else im.categories, im.groups),
             appearance=l2_normalise(im.features) if appearance else np.zeros((0, 0)),
-        )
-        for im in images
-    ]
+            boxes=im.boxes,
+        ))
+    return scenes
 
 
 def candidates(method: str) -> list[Setting]:
     """The settings a clustering baseline is tuned over."""
+    if method == "geo_alone":
+        return [Setting(Singletons(), on="boxes")]
+    if method == "geo_line":
+        return [Setting(LineLinker(max_gap=float(g), min_overlap=o, max_line_gap=v), on="boxes")
+                for o in LINE_OVERLAPS for v in NEXT_LINE_GAPS for g in LINE_GAPS]
     if method == "pos_agglo":
         return [Setting(Agglomerative(threshold=float(t), linkage=link))
                 for link in ("single", "average", "ward") for t in THRESHOLDS_POSITION]
@@ -414,81 +549,176 @@ def candidates(method: str) -> list[Setting]:
     raise ValueError(method)
 
 
-def score_clustering(
-    method: str, tune_scenes: list[Scene], val_scenes: list[Scene], gt: list[PerBoxOutputs],
-    num_classes: int,
-) -> tuple[dict[str, float], str, float, float, float]:
-    """Tune ``method`` on ``tune_scenes``, score it on ``val_scenes``.
+GroupFn = Callable[[Scene], np.ndarray]
 
-    Returns the val metrics, the chosen setting, tuning seconds, and the grouping's wall ms and
-    CPU ms per image.
-    """
+
+def tune_method(method: str, tune_scenes: list[Scene], score: str) -> tuple[GroupFn, str, float]:
+    """The grouping function of ``method`` tuned on ``tune_scenes`` for ``score``, its setting
+    in words, and the tuning seconds."""
     start = time.perf_counter()
     if method == "pos_kmeans":
-        setting_text = "k = true number of groups per category"
-        group_fn: Callable[[Scene], np.ndarray] = kmeans_oracle_groups
-    else:
-        best, train_ari = tune(tune_scenes, candidates(method))
-        setting_text = f"{best.describe()} (train ARI {train_ari:.3f})"
-        if method.startswith("pos_"):
-            setting_text = best.clusterer.describe() + f" (train ARI {train_ari:.3f})"
+        return kmeans_oracle_groups, "k = true number of groups per category", 0.0
+    best, train_score = tune(tune_scenes, candidates(method), score)
+    label = {"ari": "ARI", "exact_f1": "exact-group F1"}[score]
+    setting_text = f"{best.describe()} (train {label} {train_score:.3f})"
+    if method.startswith("pos_"):
+        setting_text = best.clusterer.describe() + f" (train {label} {train_score:.3f})"
 
-        def group_fn(scene: Scene, best: Setting = best) -> np.ndarray:
-            return scene_groups(scene, best)
+    def group_fn(scene: Scene, best: Setting = best) -> np.ndarray:
+        return scene_groups(scene, best)
 
-    tune_seconds = time.perf_counter() - start
+    return group_fn, setting_text, time.perf_counter() - start
+
+
+def score_grouping(group_fn: GroupFn, scenes: list[Scene], gt: list[PerBoxOutputs],
+                   num_classes: int) -> tuple[dict[str, float], float, float]:
+    """Metrics of ``group_fn`` on ``scenes`` (truth: the scenes' own partition, categories as
+    the scenes have them), and its wall ms and CPU ms per image."""
     evaluator = GroupingEvaluator(num_classes=num_classes)
     seconds = cpu = 0.0
-    for scene, im in zip(val_scenes, gt, strict=True):
+    for scene, im in zip(scenes, gt, strict=True):
         start, start_cpu = time.perf_counter(), time.process_time()
         groups = group_fn(scene)
         seconds += time.perf_counter() - start
         cpu += time.process_time() - start_cpu
-        evaluator.update(im.categories, im.groups, scene.categories, groups)
+        truth_categories = scene.categories * 0 if num_classes == 1 else im.categories
+        evaluator.update(truth_categories, im.groups, scene.categories, groups)
     count = max(len(gt), 1)
-    return (evaluator.summary(), setting_text, tune_seconds, 1000.0 * seconds / count,
-            1000.0 * cpu / count)
+    return evaluator.summary(), 1000.0 * seconds / count, 1000.0 * cpu / count
+
+
+def vote_categories(logits: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """int64 [N]: each group's category = argmax of the summed softmax of its boxes' logits
+    [N, C] (``groups`` [N] one partition, categories ignored)."""
+    if len(groups) == 0:
+        return np.zeros(0, dtype=np.int64)
+    prob = np.exp(logits - logits.max(1, keepdims=True))
+    prob /= prob.sum(1, keepdims=True)
+    _, ids = np.unique(groups, return_inverse=True)
+    sums = np.zeros((ids.max() + 1, logits.shape[1]))
+    np.add.at(sums, ids, prob)
+    return sums.argmax(1)[ids].astype(np.int64)
+
+
+def score_clustering(
+    method: str, tune_scenes: list[Scene], val_scenes: list[Scene], gt: list[PerBoxOutputs],
+    num_classes: int, score: str = "ari",
+) -> tuple[dict[str, float], str, float, float, float, GroupFn]:
+    """Tune ``method`` on ``tune_scenes`` (for ``score``), score it on ``val_scenes``.
+
+    Returns the val metrics, the chosen setting, tuning seconds, the grouping's wall ms and
+    CPU ms per image, and the tuned grouping function.
+    """
+    group_fn, setting_text, tune_seconds = tune_method(method, tune_scenes, score)
+    metrics, ms, cpu_ms = score_grouping(group_fn, val_scenes, gt, num_classes)
+    return metrics, setting_text, tune_seconds, ms, cpu_ms, group_fn
+
+
+def vote_row(method: str, tune_out: list[PerBoxOutputs], val_out: list[PerBoxOutputs],
+             num_classes: int, spec: DatasetSpec, clf_train_s: float | None, clf_ms: float,
+             clf_cpu_ms: float) -> Row:
+    """``method`` grouping all boxes regardless of category (tuned on train for the grouping
+    alone), then each group voting its category from the per-box model's probabilities."""
+    group_fn, setting, tune_s = tune_method(
+        method, make_scenes(tune_out, true_categories=False, appearance=False, agnostic=True),
+        spec.tune_score)
+    evaluator = GroupingEvaluator(num_classes=num_classes)
+    seconds = cpu = 0.0
+    scenes = make_scenes(val_out, true_categories=False, appearance=False, agnostic=True)
+    for scene, im in zip(scenes, val_out, strict=True):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        groups = group_fn(scene)
+        categories = vote_categories(im.logits, groups)
+        seconds += time.perf_counter() - start
+        cpu += time.process_time() - start_cpu
+        evaluator.update(im.categories, im.groups, categories, groups)
+    count = max(len(val_out), 1)
+    clf = spec.aliases.get("classifier", "classifier")
+    return Row(
+        key=method + "_vote", family=METHODS[method].family,
+        name=METHODS[method].name + ", then a category vote per group",
+        categories=f"{clf} model's category head, voted per group", setting=setting,
+        metrics=evaluator.summary(), train_seconds=clf_train_s, tune_seconds=tune_s,
+        infer_ms=1000.0 * seconds / count + clf_ms, infer_cpu_ms=1000.0 * cpu / count + clf_cpu_ms,
+    )
+
+
+@torch.no_grad()
+def score_model_agnostic(ckpt: Path, loader: DataLoader, device: torch.device
+                         ) -> dict[str, float]:
+    """Val metrics of a checkpoint with categories ignored: the pair logits alone decoded by
+    DECODER, truth = the groups."""
+    model, _ = load_model_from_checkpoint(ckpt)
+    model = model.to(device)
+    evaluator = GroupingEvaluator(num_classes=1)
+    for batch in loader:
+        batch = move_batch(batch, device)
+        out = model(batch["images"], batch["boxes"], batch["pad_mask"], batch["image_sizes"])
+        for b in range(len(batch["image_ids"])):
+            real = (~batch["pad_mask"][b]).cpu().numpy()
+            pair = out["pred_affinity"][b].float().cpu().numpy()[np.ix_(real, real)]  # [N, N]
+            part = decode((pair + pair.T) / 2, None, method=DECODER)
+            zeros = np.zeros(int(real.sum()), dtype=np.int64)
+            evaluator.update(zeros, batch["groups"][b].cpu().numpy()[real], zeros, part.groups)
+    return evaluator.summary()
 
 
 def run_dataset(
     spec: DatasetSpec, args: argparse.Namespace, device: torch.device
-) -> tuple[list[Row], list[str]]:
-    """Train (or reuse) what the chosen methods need, and score every method on val.
+) -> tuple[list[Row], list[str], list[dict[str, Any]]]:
+    """Train (or reuse) what the chosen methods need, and score every method on val (and on the
+    spec's extra splits).
 
-    Returns the rows and the variants whose models were trained by an earlier invocation.
+    Returns the rows, the variants whose models were trained by an earlier invocation, and the
+    extra-split results (``{"split", "method", "metrics"}`` each).
     """
+    methods = args.methods or list(spec.methods)
     num_classes = len(load_coco_groups(spec.val_ann).category_names)
     loader = val_loader(spec)
-    needed = [v for v in VARIANTS if any(METHODS[m].variant == v for m in args.methods)]
+
+    def variant_of(method: str) -> str:
+        variant = METHODS[method].variant
+        return spec.aliases.get(variant, variant)
+
+    needed = [v for v in VARIANTS if any(variant_of(m) == v for m in methods)]
     trained = {v: train_or_reuse(v, spec, args) for v in needed}
     rows: list[Row] = []
+    tuned: dict[str, GroupFn] = {}
 
-    clustering = [m for m in args.methods if METHODS[m].variant == "classifier"]
+    clustering = [m for m in methods if METHODS[m].variant == "classifier"]
+    clf_variant = spec.aliases.get("classifier", "classifier")
     if clustering:
-        ckpt, clf_train_s, _ = trained["classifier"]
+        ckpt, clf_train_s, _ = trained[clf_variant]
         tune_set = GroupDataset(spec.train_ann, spec.train_images)
         tune_items = list(range(min(args.tune_images, len(tune_set))))
         tune_loader = DataLoader(Subset(tune_set, tune_items), batch_size=8,
                                  collate_fn=collate_groups)
-        log.info("per-box classifier outputs on %d train and %d val images", len(tune_items),
-                 len(loader.dataset))
+        log.info("per-box outputs of %s on %d train and %d val images", clf_variant,
+                 len(tune_items), len(loader.dataset))
         tune_out, _, _ = per_box_outputs(ckpt, tune_loader, device)
         val_out, clf_ms, clf_cpu_ms = per_box_outputs(ckpt, loader, device)
+        source = ("per-box classifier" if clf_variant == "classifier"
+                  else f"{clf_variant} model's category head")
         for method in clustering:
             appearance = method.startswith("sq_")
             for true_cats in ([False, True] if not appearance else [False]):
                 log.info("%s within the %s categories", method,
                          "true" if true_cats else "predicted")
-                metrics, setting, tune_s, group_ms, group_cpu_ms = score_clustering(
+                metrics, setting, tune_s, group_ms, group_cpu_ms, group_fn = score_clustering(
                     method,
                     make_scenes(tune_out, true_categories=true_cats, appearance=appearance),
                     make_scenes(val_out, true_categories=true_cats, appearance=appearance),
-                    val_out, num_classes,
+                    val_out, num_classes, spec.tune_score,
                 )
+                if not true_cats:
+                    tuned[method] = group_fn
+                if spec.vote and not true_cats and not appearance and method != "pos_kmeans":
+                    rows.append(vote_row(method, tune_out, val_out, num_classes, spec,
+                                         clf_train_s, clf_ms, clf_cpu_ms))
                 rows.append(Row(
                     key=method + ("_true_categories" if true_cats else ""),
                     family=METHODS[method].family, name=METHODS[method].name,
-                    categories="true (oracle)" if true_cats else "per-box classifier",
+                    categories="true (oracle)" if true_cats else source,
                     setting=setting, metrics=metrics,
                     train_seconds=None if true_cats else clf_train_s, tune_seconds=tune_s,
                     infer_ms=group_ms + (0.0 if true_cats else clf_ms),
@@ -496,10 +726,10 @@ def run_dataset(
                     oracle=true_cats or method == "pos_kmeans",
                 ))
 
-    for method in args.methods:
+    for method in methods:
         if METHODS[method].variant == "classifier":
             continue
-        ckpt, train_s, _ = trained[METHODS[method].variant]
+        ckpt, train_s, _ = trained[variant_of(method)]
         log.info("%s: scoring on val", method)
         metrics, infer_ms, cpu_ms, epochs = score_model(ckpt, loader, num_classes, device)
         rows.append(Row(
@@ -510,7 +740,36 @@ def run_dataset(
         ))
     order = list(FAMILIES)
     rows.sort(key=lambda r: (order.index(r.family), r.oracle))
-    return rows, [v for v, (_, _, earlier) in trained.items() if earlier]
+
+    extra: list[dict[str, Any]] = []
+    for split in spec.extra:
+        split_loader = DataLoader(GroupDataset(split.ann, split.images), batch_size=8,
+                                  collate_fn=collate_groups)
+        split_classes = 1 if split.agnostic else num_classes
+        if tuned:
+            outputs, _, _ = per_box_outputs(trained[clf_variant][0], split_loader, device)
+            scenes = make_scenes(outputs, true_categories=False,
+                                 appearance=True, agnostic=split.agnostic)
+            for method, group_fn in tuned.items():
+                if not method.startswith("sq_"):
+                    scenes_m = make_scenes(outputs, true_categories=False, appearance=False,
+                                           agnostic=split.agnostic)
+                else:
+                    scenes_m = scenes
+                log.info("%s: scoring on %s", method, split.name)
+                metrics, _, _ = score_grouping(group_fn, scenes_m, outputs, split_classes)
+                extra.append({"split": split.name, "method": method, "metrics": metrics})
+        for method in methods:
+            if METHODS[method].variant == "classifier":
+                continue
+            ckpt = trained[variant_of(method)][0]
+            log.info("%s: scoring on %s", method, split.name)
+            if split.agnostic:
+                metrics = score_model_agnostic(ckpt, split_loader, device)
+            else:
+                metrics = score_model(ckpt, split_loader, num_classes, device)[0]
+            extra.append({"split": split.name, "method": method, "metrics": metrics})
+    return rows, [v for v, (_, _, earlier) in trained.items() if earlier], extra
 
 
 def error_ratio(baseline_ari: float, ari: float) -> float:
@@ -524,12 +783,13 @@ def best_row(rows: list[Row], *families: str) -> Row | None:
     return max(pool, key=lambda r: r.metrics["ari"], default=None)
 
 
-def headline(rows: list[Row]) -> dict[str, Any] | None:
-    """The full model against the best realistic "classify each box, then cluster without
-    supervision" row (by val ARI: feature or position clustering within the per-box classifier's
-    categories), or None if one is missing."""
+def headline(rows: list[Row], families: Sequence[str] = ("status_quo", "position")
+             ) -> dict[str, Any] | None:
+    """The full model against the best realistic row of ``families`` (by val ARI; by default
+    the "classify each box, then cluster without supervision" rows: feature or position
+    clustering within the per-box classifier's categories), or None if one is missing."""
     full = next((r for r in rows if r.key == "full"), None)
-    best = best_row(rows, "status_quo", "position")
+    best = best_row(rows, *families)
     if full is None or best is None:
         return None
     f, b = full.metrics, best.metrics
@@ -569,7 +829,8 @@ def machine_text(device: torch.device, threads: int) -> str:
             f" torch {torch.__version__}, {platform.system()} {platform.release()}")
 
 
-def render(spec: DatasetSpec, rows: list[Row], meta: dict[str, Any]) -> str:
+def render(spec: DatasetSpec, rows: list[Row], meta: dict[str, Any],
+           extra: Sequence[dict[str, Any]] = ()) -> str:
     """The dataset's BENCHMARKS.md section (Markdown, heading included)."""
     lines = [f"## Learned grouping vs the status quo ({spec.title})", ""]
     if meta.get("partial"):
@@ -583,17 +844,19 @@ def render(spec: DatasetSpec, rows: list[Row], meta: dict[str, Any]) -> str:
         "",
         f"Data: {spec.description}; every method sees the same ground-truth boxes. Metrics on the "
         "whole val set (`detgroup.metrics`; ARI per image averaged, group/pair F1 pooled). "
-        "Clustering baselines are tuned on train images (grid search for the best mean ARI); "
-        f"trained models decode with `{DECODER}`.",
+        "Clustering baselines are tuned on train images (grid search for the best mean "
+        f"{'ARI' if spec.tune_score == 'ari' else 'exact-group F1'}); trained models decode with "
+        f"`{DECODER}` and are scored with their weights after the last epoch.",
         "",
     ]
-    head = headline(rows)
+    head = headline(rows, spec.headline_families)
     full = next((r for r in rows if r.key == "full"), None)
     if head is not None:
         lines += [
             f"**Headline**: detgroup ARI {head['ari']:.3f} vs {head['baseline_ari']:.3f} for the "
-            "best status-quo baseline, i.e. the best realistic row that classifies each box and "
-            f"then clusters without supervision ({head['baseline_name']}), "
+            "best realistic baseline by ARI among "
+            f"{' and '.join(FAMILIES[f] for f in spec.headline_families)} "
+            f"({head['baseline_name']}), "
             f"×{_fmt(head['ari_ratio'], 2)}; "
             f"exact-group F1 {head['exact_group_f1']:.3f} vs "
             f"{head['baseline_exact_group_f1']:.3f}, ×{_fmt(head['exact_group_f1_ratio'], 2)}; "
@@ -610,28 +873,30 @@ def render(spec: DatasetSpec, rows: list[Row], meta: dict[str, Any]) -> str:
                   f"×{_fmt(error_ratio(r.metrics['ari'], full.metrics['ari']), 2)} |"
                   for r in others]
         lines.append("")
-    if full is not None:
-        lines += ["| target (detgroup, synthetic val) | value | met |", "|---|---|---|"]
-        for key, threshold, label in TARGETS:
+    if full is not None and spec.targets:
+        lines += [f"| target (detgroup, {spec.title} val) | value | met |", "|---|---|---|"]
+        for key, threshold, label in spec.targets:
             value = full.metrics[key]
             lines.append(f"| {label} ≥ {threshold:.2f} | {value:.3f} | "
                          f"{'yes' if value >= threshold else '**missed**'} |")
-        if head is not None:
+        if head is not None and spec.key == "synth":
             ok = head["error_ratio"] >= ERROR_RATIO_TARGET
             lines.append(f"| (1 − ARI) ≥ {ERROR_RATIO_TARGET:g}× lower than the best status quo "
                          f"| ×{_fmt(head['error_ratio'], 1)} | {'yes' if ok else '**missed**'} |")
         lines.append("")
     lines += [
-        "| family | method | categories | cat acc | ARI | exact-group F1 | group F1 | "
-        "pair F1 | group PQ | train s | tune s | infer ms/img | CPU ms/img |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| family | method | categories | cat acc | cat macro-F1 | ARI | NMI | Hungarian acc | "
+        "exact-group F1 | group F1 | pair F1 | group PQ | train s | tune s | infer ms/img | "
+        "CPU ms/img |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         m = r.metrics
         name = f"{r.name} †" if r.oracle else r.name
         lines.append(
             f"| {FAMILIES[r.family]} | {name} | {r.categories} | {m['cat_acc']:.3f} | "
-            f"{m['ari']:.3f} | {m['exact_group_f1']:.3f} | {m['group_f1']:.3f} | "
+            f"{m['cat_macro_f1']:.3f} | {m['ari']:.3f} | {m['nmi']:.3f} | "
+            f"{m['hungarian_acc']:.3f} | {m['exact_group_f1']:.3f} | {m['group_f1']:.3f} | "
             f"{m['pair_f1']:.3f} | {m['group_pq']:.3f} | {_seconds(r.train_seconds)} | "
             f"{_seconds(r.tune_seconds)} | {r.infer_ms:.1f} | {r.infer_cpu_ms:.1f} |"
         )
@@ -650,6 +915,18 @@ def render(spec: DatasetSpec, rows: list[Row], meta: dict[str, Any]) -> str:
         "",
     ]
     lines += [f"* {r.key}: {r.setting}" for r in rows]
+    if extra:
+        lines += ["", "Other splits (same models and tuned settings; *categories ignored*: truth, "
+                  "decoder and clustering see one category, only the grouping is scored):", "",
+                  "| split | method | Hungarian acc | NMI | ARI | exact-group F1 | pair F1 | "
+                  "predicted / true groups |", "|---|---|---|---|---|---|---|---|"]
+        for e in extra:
+            m = e["metrics"]
+            lines.append(
+                f"| {e['split']} | {e['method']} | {m['hungarian_acc']:.3f} | {m['nmi']:.3f} | "
+                f"{m['ari']:.3f} | {m['exact_group_f1']:.3f} | {m['pair_f1']:.3f} | "
+                f"{m.get('num_pred_groups', float('nan')):.0f} / "
+                f"{m.get('num_gt_groups', float('nan')):.0f} |")
     lines += ["", "All metrics:", "",
               "| method | categories | " + " | ".join(METRICS) + " |",
               "|---|---|" + "---|" * len(METRICS)]
@@ -686,26 +963,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         load_start = os.getloadavg()[0]
         data_base = args.reuse if args.reuse and (args.reuse / key / "data").is_dir() else args.out
         spec = DATASETS[key](args, data_base / key / "data")
-        rows, reused = run_dataset(spec, args, device)
+        rows, reused, extra = run_dataset(spec, args, device)
+        methods = args.methods or list(spec.methods)
         meta = {
             "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
             "machine": machine_text(device, args.threads), "command": command,
             "load_start": load_start, "load_end": os.getloadavg()[0],
-            "partial": "" if set(args.methods) == set(METHODS) else
-            f"only {', '.join(args.methods)} were run (--only); missing: "
-            f"{', '.join(m for m in METHODS if m not in args.methods)}. Finish with `{finish}` "
+            "partial": "" if set(spec.methods) <= set(methods) else
+            f"only {', '.join(methods)} were run (--only); missing: "
+            f"{', '.join(m for m in spec.methods if m not in methods)}. Finish with `{finish}` "
             "(it reuses the finished models and resumes an interrupted training).",
             "reused": f"the models {', '.join(reused)} were trained by an earlier invocation "
                       "(their train s come from their log.csv); all tuning and scoring ran in "
                       "this one" if reused else "",
         }
-        text = render(spec, rows, meta)
+        text = render(spec, rows, meta, extra)
         out = args.out / key
         out.mkdir(parents=True, exist_ok=True)
         with atomic_open(out / "results.json", "w") as f:  # json.dump: an ∞ ratio is allowed
             json.dump({
                 "meta": meta, "dataset": {k: str(v) for k, v in asdict(spec).items()},
-                "rows": [asdict(r) for r in rows], "headline": headline(rows),
+                "rows": [asdict(r) for r in rows],
+                "headline": headline(rows, spec.headline_families), "extra": extra,
             }, f, indent=2)
         with atomic_open(out / "section.md", "w") as f:
             f.write(text)

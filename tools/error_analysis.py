@@ -1,0 +1,126 @@
+"""What errors remain: a trained model on a val set, broken down, and its worst image drawn.
+
+Prints (Markdown) the word/box category confusion matrix, what happened to every true group
+that was not recovered exactly (right members but wrong category, split, merged with others,
+both), and the images sorted by exact-group F1; writes the worst image as prediction beside
+ground truth.
+
+Usage::
+
+    python tools/error_analysis.py --checkpoint runs/funsd/last.pt \\
+        --ann runs/funsd_data/val/annotations.json --images runs/funsd_data/val/images \\
+        --out docs/funsd_worst_val.png
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from detgroup.data.dataset import GroupDataset, collate_groups
+from detgroup.data.images import read_image_rgb
+from detgroup.engine.checkpoint import load_model_from_checkpoint
+from detgroup.engine.evaluate import PostProcess, move_batch
+from detgroup.engine.infer import per_category_groups
+from detgroup.metrics import image_metrics
+from detgroup.visualize import draw_groups, save_rgb_png, side_by_side
+
+
+def group_fates(gt_cat: np.ndarray, gt_grp: np.ndarray, pred_cat: np.ndarray,
+                pred_grp: np.ndarray) -> Counter[str]:
+    """For every true group [N labels]: ``exact`` (same members, same category),
+    ``wrong category`` (same members), ``split`` (its members are spread over several predicted
+    groups that hold nothing else), ``merged`` (one predicted group holds all of it and more),
+    ``split + merged`` (both)."""
+    fates: Counter[str] = Counter()
+    true_ids = np.unique(np.stack([gt_cat, gt_grp], 1), axis=0, return_inverse=True)[1].ravel()
+    pred_ids = np.unique(np.stack([pred_cat, pred_grp], 1), axis=0,
+                         return_inverse=True)[1].ravel()
+    # membership only (categories of the prediction ignored) to tell category errors apart
+    part_ids = np.unique(pred_grp * (pred_cat.max(initial=0) + 1) + pred_cat,
+                         return_inverse=True)[1].ravel()
+    for t in np.unique(true_ids):
+        members = true_ids == t
+        preds = np.unique(pred_ids[members])
+        if len(preds) == 1 and (pred_ids == preds[0]).sum() == members.sum():
+            same_cat = pred_cat[members][0] == gt_cat[members][0]
+            fates["exact" if same_cat else "wrong category"] += 1
+            continue
+        split = len(np.unique(part_ids[members])) > 1
+        merged = any((part_ids == p).sum() > (part_ids[members] == p).sum()
+                     for p in np.unique(part_ids[members]))
+        if not split and not merged:
+            fates["mixed categories"] += 1  # one group, but its words got different categories
+        else:
+            fates["split + merged" if split and merged else "split" if split else "merged"] += 1
+    return fates
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", type=Path, required=True)
+    ap.add_argument("--ann", type=Path, required=True, help="COCO-with-groups val file")
+    ap.add_argument("--images", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="PNG of the worst image")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    model, cfg = load_model_from_checkpoint(args.checkpoint)
+    dataset = GroupDataset(args.ann, args.images)
+    names = dataset.category_names
+    loader = DataLoader(dataset, batch_size=2, collate_fn=collate_groups)
+    post = PostProcess(method=cfg.decoder.method, consistency=cfg.decoder.consistency)
+    confusion = np.zeros((len(names), len(names)), dtype=np.int64)
+    fates: Counter[str] = Counter()
+    per_image = []
+    with torch.no_grad():
+        for batch in loader:
+            batch = move_batch(batch, torch.device("cpu"))
+            out = model(batch["images"], batch["boxes"], batch["pad_mask"], batch["image_sizes"])
+            for b, pred in enumerate(post(out, batch["boxes"], batch["image_ids"])):
+                real = ~batch["pad_mask"][b]
+                gt_cat = batch["categories"][b][real].numpy()
+                gt_grp = batch["groups"][b][real].numpy()
+                np.add.at(confusion, (gt_cat, pred.categories), 1)
+                fates += group_fates(gt_cat, gt_grp, pred.categories, pred.groups)
+                m = image_metrics(gt_cat, gt_grp, pred.categories, pred.groups)
+                per_image.append((m["exact_group_f1"], m, pred, gt_cat, gt_grp))
+
+    print(f"checkpoint {args.checkpoint}, {len(per_image)} images of {args.ann}\n")
+    print("| true \\ predicted | " + " | ".join(names) + " | recall |")
+    print("|---|" + "---|" * (len(names) + 1))
+    for i, name in enumerate(names):
+        row = confusion[i]
+        recall = row[i] / max(row.sum(), 1)
+        print(f"| {name} | " + " | ".join(str(v) for v in row) + f" | {recall:.3f} |")
+    total = sum(fates.values())
+    print(f"\n{total} true groups: " + ", ".join(
+        f"{k} {v} ({v / max(total, 1):.1%})" for k, v in fates.most_common()))
+    per_image.sort(key=lambda item: item[0])
+    files = {im["id"]: im["file_name"] for im in dataset.coco.images}
+    print("\n| image | boxes | true / predicted groups | cat acc | ARI | exact-group F1 |")
+    print("|---|---|---|---|---|---|")
+    for f1, m, pred, _, _ in per_image:
+        print(f"| {files[pred.image_id]} | {m['num_boxes']} | {m['num_gt_groups']} / "
+              f"{m['num_pred_groups']} | {m['cat_acc']:.3f} | {m['ari']:.3f} | {f1:.3f} |")
+
+    f1, m, pred, gt_cat, gt_grp = per_image[0]
+    pixels = read_image_rgb(args.images / files[pred.image_id])
+    left = draw_groups(pixels, pred.boxes, pred.categories, pred.groups, names,
+                       title=f"prediction: category acc {m['cat_acc']:.2f}, ARI {m['ari']:.2f}, "
+                             f"exact-group F1 {f1:.2f}")
+    right = draw_groups(pixels, pred.boxes, gt_cat, per_category_groups(gt_cat, gt_grp), names,
+                        title=f"ground truth: {files[pred.image_id]}")
+    save_rgb_png(args.out, side_by_side(left, right))
+    print(f"\nworst image (exact-group F1 {f1:.3f}): {files[pred.image_id]} -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
