@@ -74,7 +74,8 @@ def cmd_data(args: argparse.Namespace) -> int:
         paths = convert_omniglot(args.src, args.out, seed=args.seed,
                                  train_scenes=args.train_scenes, canvas=args.canvas,
                                  glyph_size=tuple(args.glyph_size),
-                                 eval_max_chars=args.eval_max_chars, progress=True)
+                                 eval_max_chars=args.eval_max_chars,
+                                 unlisted_train_runs=args.unlisted_train_runs, progress=True)
     for split, path in paths.items():
         stats = json.loads(path.read_text()).get("info", {}).get("stats", {})
         summary = ", ".join(f"{k} {v}" for k, v in stats.items())
@@ -230,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Omniglot: range of a glyph's longer side, px")
     p.add_argument("--eval-max-chars", type=int, default=10,
                    help="Omniglot: most characters of a val/test/unseen scene")
+    p.add_argument("--unlisted-train-runs", type=int, default=0,
+                   help="Omniglot: runs of unlisted characters trained as category 'other' "
+                        "instead of held out as unseen")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("validate", help="check a COCO-with-groups file (and its images)")

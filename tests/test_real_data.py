@@ -364,3 +364,22 @@ def test_omniglot_cli_passes_the_scene_knobs(fake_omniglot: Path, omniglot_out: 
                  "24", "--eval-max-chars", "3"])
     assert code == 0
     assert _files(tmp_path / "cli") == _files(omniglot_out)  # same as the Python call
+
+
+def test_omniglot_unlisted_runs_can_train_as_other(fake_omniglot: Path, tmp_path: Path) -> None:
+    convert_omniglot(fake_omniglot, tmp_path, seed=1, **{**SMALL, "train_scenes": 40},
+                     unlisted_train_runs=1)
+    splits = _splits(tmp_path)
+    chars = {s: {a["character"] for a in d["annotations"]} for s, (d, _) in splits.items()}
+    # the first unlisted run (10..14) trains as "other"; unseen keeps the second run only
+    assert chars["unseen"] == set(range(25, 30))
+    assert chars["train"] & set(range(10, 15)) and chars["train"] <= (
+        set(range(6)) | set(range(10, 15)) | set(range(15, 21)))
+    assert chars["val"] == {6, 7, 21, 22} and chars["test"] == {8, 9, 23, 24}
+    data, coco = splits["train"]
+    assert coco.category_names == ["Alpha", "Beta", "other"]
+    assert splits["val"][1].category_names == ["Alpha", "Beta", "other"]
+    for ann in data["annotations"]:
+        assert (ann["category_id"] == 3) == (10 <= ann["character"] < 15)
+    with pytest.raises(DetgroupError, match="unlisted_train_runs"):
+        convert_omniglot(fake_omniglot, tmp_path / "bad", unlisted_train_runs=3, **SMALL)

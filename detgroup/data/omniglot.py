@@ -27,6 +27,12 @@ and test characters are never seen in training. Splits, under ``OUT/<split>/``:
   characters with all samples; one category ``glyph`` (category-agnostic: only grouping is
   evaluated there).
 
+With ``unlisted_train_runs = k > 0`` the first ``k`` of those runs (in index order) join the
+training material instead, as one more category ``other`` (each run drawn like an alphabet);
+``unseen`` keeps the remaining runs, so its alphabets are still never seen in training. This is
+the "Learning to cluster" setting (train on many alphabets, cluster alphabets never seen): more
+training characters, fewer unseen ones.
+
 Every annotation also has ``character`` (index into the npz) and ``sample`` (0..19); each
 file's ``info`` holds the parameters, the split's characters and its stats. Scene ``i`` of
 split ``s`` (index into :data:`SPLITS`) is drawn from ``np.random.default_rng([seed, s, i])``
@@ -61,6 +67,7 @@ MAX_OVERLAP = 0.05  # intersection over the smaller box allowed between two glyp
 PLACEMENT_TRIES = 50
 SPLITS = ("train", "val", "test", "unseen")
 UNSEEN_CATEGORY = "glyph"
+OTHER_CATEGORY = "other"
 
 
 @dataclass(frozen=True)
@@ -273,7 +280,8 @@ def _train_scene(
     alphabets_per_scene: tuple[int, int],
     num_samples: int,
 ) -> list[tuple[int, int, list[int]]]:
-    """(alphabet index, character, sample indices) of each character of one train scene."""
+    """(index into ``train_chars``, character, sample indices) of each character of one train
+    scene."""
     usable = [a for a, chars in enumerate(train_chars) if chars]
     n_chars = int(rng.integers(chars_per_scene[0], chars_per_scene[1] + 1))
     n_alpha = int(rng.integers(alphabets_per_scene[0], alphabets_per_scene[1] + 1))
@@ -374,6 +382,7 @@ def convert_omniglot(
     samples_per_char: tuple[int, int] = (2, 6),
     alphabets_per_scene: tuple[int, int] = (1, 3),
     eval_max_chars: int = 10,
+    unlisted_train_runs: int = 0,
     progress: bool = False,
 ) -> dict[str, Path]:
     """Build Omniglot glyph scenes from ``src`` (``images_background.npz`` + ``alphabets.csv``).
@@ -390,6 +399,8 @@ def convert_omniglot(
         samples_per_char: (min, max) samples of a character in a train scene.
         alphabets_per_scene: (min, max) alphabets of a train scene.
         eval_max_chars: most characters of a val, test or unseen scene.
+        unlisted_train_runs: how many runs of unlisted characters (first ones in index order)
+            train as category ``other`` instead of being ``unseen`` (module docstring).
         progress: show progress bars.
 
     Returns:
@@ -412,11 +423,21 @@ def convert_omniglot(
     split = split_characters(alphabets)
     if not any(split["train"]):
         raise DetgroupError(f"{src / 'alphabets.csv'}: no alphabet has a train character")
+    runs = unseen_runs(alphabets, num_chars)
+    if not 0 <= unlisted_train_runs <= len(runs):
+        raise DetgroupError(f"unlisted_train_runs must be in 0..{len(runs)} (the runs of "
+                            f"unlisted characters), got {unlisted_train_runs}")
+    if unlisted_train_runs:
+        names = [*names, OTHER_CATEGORY]
+    # train material: one entry per alphabet, then one per unlisted run trained as "other"
+    train_chars = split["train"] + runs[:unlisted_train_runs]
+    entry_category = list(range(len(alphabets))) + [len(alphabets)] * unlisted_train_runs
 
     train = [
-        _train_scene(np.random.default_rng([seed, SPLITS.index("train"), i, 1]), split["train"],
-                     chars_per_scene=chars_per_scene, samples_per_char=samples_per_char,
-                     alphabets_per_scene=alphabets_per_scene, num_samples=num_samples)
+        [(entry_category[e], c, samples) for e, c, samples in _train_scene(
+            np.random.default_rng([seed, SPLITS.index("train"), i, 1]), train_chars,
+            chars_per_scene=chars_per_scene, samples_per_char=samples_per_char,
+            alphabets_per_scene=alphabets_per_scene, num_samples=num_samples)]
         for i in range(train_scenes)
     ]
     all_samples = list(range(num_samples))
@@ -427,7 +448,7 @@ def convert_omniglot(
                   for part in balanced_parts(chars, eval_max_chars)]
            for name in ("val", "test")},
         "unseen": [[(0, c, all_samples) for c in part]
-                   for run in unseen_runs(alphabets, num_chars)
+                   for run in runs[unlisted_train_runs:]
                    for part in balanced_parts(run, eval_max_chars)],
     }
     info = {
@@ -438,7 +459,8 @@ def convert_omniglot(
                    "glyph_size": list(glyph_size), "chars_per_scene": list(chars_per_scene),
                    "samples_per_char": list(samples_per_char),
                    "alphabets_per_scene": list(alphabets_per_scene),
-                   "eval_max_chars": eval_max_chars, "density": DENSITY,
+                   "eval_max_chars": eval_max_chars,
+                   "unlisted_train_runs": unlisted_train_runs, "density": DENSITY,
                    "max_overlap": MAX_OVERLAP, "train_fraction": TRAIN_FRACTION,
                    "val_fraction": VAL_FRACTION},
     }
