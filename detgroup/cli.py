@@ -130,8 +130,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{args.data}: categories {dataset.category_names} differ from the checkpoint's "
             f"{cfg.category_names}"
         )
-    post = PostProcess(method=args.method or cfg.decoder.method,
-                       consistency=args.consistency or cfg.decoder.consistency)
+    post = PostProcess.from_config(cfg.decoder, method=args.method,
+                                   consistency=args.consistency, pair_bias=args.pair_bias)
     summary, per_image = evaluate(
         model, loader, num_classes=len(cfg.category_names), postprocess=post,
         device=torch.device(args.device), progress=True,
@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--method", choices=["gaec-kl", "average", "components", "exact"])
     p.add_argument("--consistency", choices=["joint", "forbid"])
+    p.add_argument("--pair-bias", type=float, default=None,
+                   help="added to the pair logits before decoding (default: the checkpoint's "
+                        "decoder.pair_bias)")
     p.add_argument("--per-image", type=Path, help="write per-image metrics JSON here")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.set_defaults(func=cmd_eval)

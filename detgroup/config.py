@@ -84,6 +84,13 @@ class LossConfig:
 class DecoderConfig:
     method: str = "gaec-kl"
     consistency: str = "joint"
+    # added to the pair logits before decoding. The balanced pair BCE gives positives and
+    # negatives equal weight, which shifts its logits by log(#negative / #positive pairs); the
+    # decoder wants calibrated log-odds, so a set with many small groups over-merges at 0.
+    pair_bias: float = 0.0
+    # at train start, set pair_bias to -log(#negative / #positive pairs) of the training set
+    # (logit adjustment, Menon et al. 2021) when the pair loss is the balanced "bce"
+    calibrate: bool = False
 
 
 @dataclass

@@ -58,7 +58,7 @@ def run_demo(out: str | Path, *, quick: bool = False, overrides: list[str] | Non
     for method in (cfg.decoder.method, "components"):
         scores[method], _ = evaluate(
             model, loader, num_classes=len(cfg.category_names),
-            postprocess=PostProcess(method=method, consistency=cfg.decoder.consistency),
+            postprocess=PostProcess.from_config(cfg.decoder, method=method),
             device=torch.device("cpu"),
         )
 

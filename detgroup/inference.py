@@ -100,10 +100,8 @@ class Grouper:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.cfg = cfg
-        self.postprocess = PostProcess(
-            method=method or cfg.decoder.method,
-            consistency=consistency or cfg.decoder.consistency,
-        )
+        self.postprocess = PostProcess.from_config(cfg.decoder, method=method,
+                                                   consistency=consistency)
 
     @classmethod
     def from_checkpoint(

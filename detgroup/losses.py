@@ -21,9 +21,15 @@ The diagonal and every pair involving a padding box are masked out of all pair l
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from detgroup.data.coco_groups import CocoGroups
 
 
 def pair_targets(groups: Tensor, pad_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -56,6 +62,21 @@ def balanced_bce(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
             total = total + loss[part].mean()
             parts += 1
     return total / max(parts, 1)
+
+
+def pair_prior_log_odds(coco: CocoGroups) -> float:
+    """log(#negative / #positive) over the ordered pairs of distinct boxes of every image of
+    ``coco``, pooled (what :func:`balanced_bce` shifts the pair logits by); 0.0 when the set has
+    no positive or no negative pair."""
+    pos = neg = 0
+    for info in coco.images:
+        groups = coco.targets(info["id"])["groups"]
+        n = len(groups)
+        counts = np.unique(groups, return_counts=True)[1]
+        same = int((counts * (counts - 1)).sum())
+        pos += same
+        neg += n * (n - 1) - same
+    return float(np.log(neg / pos)) if pos and neg else 0.0
 
 
 class GroupCriterion(nn.Module):

@@ -54,6 +54,12 @@ def test_eval_json_summary(tiny_checkpoint: Path, tiny_data: Path,
     for key in ("cat_acc", "ari", "nmi", "pair_f1", "exact_group_f1", "group_pq"):
         assert 0.0 <= summary[key] <= 1.0 or key == "ari"
     assert len(json.loads(per_image.read_text())) == 4
+    # a very negative pair bias cuts every pair: no same-group pair is predicted
+    code = main(["eval", "--checkpoint", str(tiny_checkpoint),
+                 "--data", str(tiny_data / "val/annotations.json"),
+                 "--images", str(tiny_data / "val/images"), "--json", "--pair-bias", "-1000"])
+    assert code == 0
+    assert _last_json(capsys.readouterr().out)["pair_recall"] == 0.0
 
 
 def test_infer_writes_results_overlays_and_resumes(tiny_checkpoint: Path, tiny_data: Path,

@@ -435,3 +435,23 @@ def test_sparse_rejects_exact():
 def test_objective_rejects_bad_labels():
     with pytest.raises(DetgroupError, match="cluster"):
         objective(np.zeros((3, 3)), np.array([0.0, 1.0, 2.0]))
+
+
+def test_postprocess_pair_bias_shifts_the_merge_decision() -> None:
+    import torch
+
+    from detgroup.config import DecoderConfig
+    from detgroup.engine.evaluate import PostProcess
+
+    pair = torch.tensor([[[0.0, 1.5, -4.0], [1.5, 0.0, -4.0], [-4.0, -4.0, 0.0]]])  # [1, 3, 3]
+    outputs = {"pred_logits": torch.zeros(1, 3, 2), "pred_affinity": pair,
+               "pad_mask": torch.zeros(1, 3, dtype=torch.bool)}
+    boxes = torch.tensor([[[0.0, 0, 1, 1], [2, 0, 3, 1], [4, 0, 5, 1]]])
+    merged = PostProcess()(outputs, boxes, [7])[0]
+    assert merged.groups[0] == merged.groups[1] != merged.groups[2]
+    split = PostProcess.from_config(DecoderConfig(pair_bias=-2.0))(outputs, boxes, [7])[0]
+    assert len(set(split.groups.tolist())) == 3
+    assert split.affinity[0, 1] == pytest.approx(1 / (1 + np.exp(0.5)))  # sigmoid(1.5 - 2)
+    again = PostProcess.from_config(DecoderConfig(pair_bias=-2.0), pair_bias=0.0)(
+        outputs, boxes, [7])[0]
+    assert again.groups.tolist() == merged.groups.tolist()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -94,3 +95,29 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tiny_data: Path,
     assert summary["world_size"] == 2
     assert summary["steps"] == 2  # 12 images, 2 ranks, batch 4 -> 2 steps each
     assert summary["ranks_max_weight_diff"] == 0.0
+
+
+def test_calibrate_writes_the_train_pair_prior_into_the_checkpoint(tiny_data: Path,
+                                                                   tmp_path: Path) -> None:
+    from detgroup.data.coco_groups import load_coco_groups
+    from detgroup.losses import pair_prior_log_odds
+
+    train(tiny_config(tiny_data, "decoder.calibrate=true", "train.epochs=1"), out_dir=tmp_path,
+          progress=False)
+    coco = load_coco_groups(tiny_data / "train/annotations.json")
+    expected = -pair_prior_log_odds(coco)
+    # by hand: ordered pairs of distinct boxes in one group vs the others, pooled over images
+    pos = neg = 0
+    for info in coco.images:
+        groups = coco.targets(info["id"])["groups"].tolist()
+        same = sum(a == b for i, a in enumerate(groups) for j, b in enumerate(groups) if i != j)
+        pos, neg = pos + same, neg + len(groups) * (len(groups) - 1) - same
+    assert expected == pytest.approx(-float(np.log(neg / pos)))
+    assert expected < 0
+    for name in ("model.pt", "last.pt"):
+        assert load_model_from_checkpoint(tmp_path / name)[1].decoder.pair_bias == pytest.approx(
+            expected)
+    # without calibrate (and for the other pair losses) the bias stays as configured
+    train(tiny_config(tiny_data, "decoder.calibrate=true", "loss.pair=mcl", "train.epochs=1"),
+          out_dir=tmp_path / "mcl", progress=False)
+    assert load_model_from_checkpoint(tmp_path / "mcl/model.pt")[1].decoder.pair_bias == 0.0

@@ -77,6 +77,7 @@ from detgroup.decoder import decode
 from detgroup.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
 from detgroup.engine.evaluate import PostProcess, evaluate, move_batch
 from detgroup.engine.train import train
+from detgroup.losses import pair_prior_log_odds
 from detgroup.metrics import GroupingEvaluator
 
 log = logging.getLogger("benchmark")
@@ -405,9 +406,10 @@ def variant_config(variant: str, spec: DatasetSpec, args: argparse.Namespace) ->
 def _recipe(config: dict[str, Any]) -> dict[str, Any]:
     """A config dict without what does not change the trained weights (file locations, threads,
     device, how often and on how many images val is scored or checkpoints are written, the
-    category names filled in by training)."""
+    decoder settings, the category names filled in by training)."""
     recipe = json.loads(json.dumps(config))
     recipe.pop("category_names", None)
+    recipe.pop("decoder", None)  # how the logits are decoded; the benchmark sets it itself
     for key in ("train_ann", "train_images", "val_ann", "val_images"):
         recipe["data"].pop(key, None)
     for key in ("threads", "device", "eval_every", "max_val_images", "save_every_steps",
@@ -470,14 +472,26 @@ def val_loader(spec: DatasetSpec) -> DataLoader:
                       collate_fn=collate_groups)
 
 
+def pair_bias(variant: str, spec: DatasetSpec, args: argparse.Namespace) -> float:
+    """The decoder's pair-logit bias for ``variant``: with ``decoder.calibrate`` in the recipe
+    and the balanced BCE pair loss, -log(#negative / #positive pairs) of the training set
+    (what training writes into new checkpoints); else the recipe's ``decoder.pair_bias``."""
+    cfg = variant_config(variant, spec, args)
+    if cfg.decoder.calibrate and cfg.loss.pair == "bce":
+        return -pair_prior_log_odds(load_coco_groups(spec.train_ann))
+    return cfg.decoder.pair_bias
+
+
 def score_model(ckpt: Path, loader: DataLoader, num_classes: int,
-                device: torch.device) -> tuple[dict[str, float], float, float, int]:
-    """Val metrics of a checkpoint decoded by DECODER, inference wall ms and CPU ms per image
-    (see :class:`Row`), and its training epochs."""
+                device: torch.device, bias: float = 0.0
+                ) -> tuple[dict[str, float], float, float, int]:
+    """Val metrics of a checkpoint decoded by DECODER with pair-logit bias ``bias``, inference
+    wall ms and CPU ms per image (see :class:`Row`), and its training epochs."""
     model, cfg = load_model_from_checkpoint(ckpt)
     cpu = time.process_time()
     summary, _ = evaluate(model.to(device), loader, num_classes=num_classes,
-                          postprocess=PostProcess(method=DECODER), device=device)
+                          postprocess=PostProcess(method=DECODER, pair_bias=bias),
+                          device=device)
     cpu_ms = 1000.0 * (time.process_time() - cpu) / max(summary["num_images"], 1)
     wall_ms = 1000.0 * (summary["model_seconds"] + summary["decode_seconds"])
     return summary, wall_ms, cpu_ms, cfg.train.epochs
@@ -652,10 +666,10 @@ def vote_row(method: str, tune_out: list[PerBoxOutputs], val_out: list[PerBoxOut
 
 
 @torch.no_grad()
-def score_model_agnostic(ckpt: Path, loader: DataLoader, device: torch.device
-                         ) -> dict[str, float]:
-    """Val metrics of a checkpoint with categories ignored: the pair logits alone decoded by
-    DECODER, truth = the groups."""
+def score_model_agnostic(ckpt: Path, loader: DataLoader, device: torch.device,
+                         bias: float = 0.0) -> dict[str, float]:
+    """Val metrics of a checkpoint with categories ignored: the pair logits (plus ``bias``)
+    alone decoded by DECODER, truth = the groups."""
     model, _ = load_model_from_checkpoint(ckpt)
     model = model.to(device)
     evaluator = GroupingEvaluator(num_classes=1)
@@ -665,7 +679,7 @@ def score_model_agnostic(ckpt: Path, loader: DataLoader, device: torch.device
         for b in range(len(batch["image_ids"])):
             real = (~batch["pad_mask"][b]).cpu().numpy()
             pair = out["pred_affinity"][b].float().cpu().numpy()[np.ix_(real, real)]  # [N, N]
-            part = decode((pair + pair.T) / 2, None, method=DECODER)
+            part = decode((pair + pair.T) / 2 + bias, None, method=DECODER)
             zeros = np.zeros(int(real.sum()), dtype=np.int64)
             evaluator.update(zeros, batch["groups"][b].cpu().numpy()[real], zeros, part.groups)
     return evaluator.summary()
@@ -738,11 +752,13 @@ def run_dataset(
         if METHODS[method].variant == "classifier":
             continue
         ckpt, train_s, _ = trained[variant_of(method)]
+        bias = pair_bias(variant_of(method), spec, args)
         log.info("%s: scoring on val", method)
-        metrics, infer_ms, cpu_ms, epochs = score_model(ckpt, loader, num_classes, device)
+        metrics, infer_ms, cpu_ms, epochs = score_model(ckpt, loader, num_classes, device, bias)
         rows.append(Row(
             key=method, family=METHODS[method].family, name=METHODS[method].name,
-            categories="own category head", setting=f"{epochs} epochs, decoder {DECODER}",
+            categories="own category head",
+            setting=f"{epochs} epochs, decoder {DECODER}, pair-logit bias {bias:+.3f}",
             metrics=metrics, train_seconds=train_s, tune_seconds=None, infer_ms=infer_ms,
             infer_cpu_ms=cpu_ms,
         ))
@@ -771,11 +787,12 @@ def run_dataset(
             if METHODS[method].variant == "classifier":
                 continue
             ckpt = trained[variant_of(method)][0]
+            bias = pair_bias(variant_of(method), spec, args)
             log.info("%s: scoring on %s", method, split.name)
             if split.agnostic:
-                metrics = score_model_agnostic(ckpt, split_loader, device)
+                metrics = score_model_agnostic(ckpt, split_loader, device, bias)
             else:
-                metrics = score_model(ckpt, split_loader, num_classes, device)[0]
+                metrics = score_model(ckpt, split_loader, num_classes, device, bias)[0]
             extra.append({"split": split.name, "method": method, "metrics": metrics})
     return rows, [v for v, (_, _, earlier) in trained.items() if earlier], extra
 

@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     dataset = GroupDataset(args.ann, args.images)
     names = dataset.category_names
     loader = DataLoader(dataset, batch_size=2, collate_fn=collate_groups)
-    post = PostProcess(method=cfg.decoder.method, consistency=cfg.decoder.consistency)
+    post = PostProcess.from_config(cfg.decoder)
     confusion = np.zeros((len(names), len(names)), dtype=np.int64)
     fates: Counter[str] = Counter()
     per_image = []

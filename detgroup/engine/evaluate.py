@@ -39,9 +39,20 @@ class ImagePrediction:
 class PostProcess:
     """Turns the model's batched logits into :class:`ImagePrediction` per image."""
 
-    def __init__(self, *, method: str = "gaec-kl", consistency: str = "joint") -> None:
+    def __init__(self, *, method: str = "gaec-kl", consistency: str = "joint",
+                 pair_bias: float = 0.0) -> None:
         self.method = method
         self.consistency = consistency
+        self.pair_bias = pair_bias  # added to the pair logits (see DecoderConfig.pair_bias)
+
+    @classmethod
+    def from_config(cls, decoder: Any, *, method: str | None = None,
+                    consistency: str | None = None, pair_bias: float | None = None
+                    ) -> PostProcess:
+        """From a :class:`~detgroup.config.DecoderConfig`, each field overridable."""
+        return cls(method=method or decoder.method,
+                   consistency=consistency or decoder.consistency,
+                   pair_bias=decoder.pair_bias if pair_bias is None else pair_bias)
 
     @torch.no_grad()
     def __call__(
@@ -49,7 +60,7 @@ class PostProcess:
     ) -> list[ImagePrediction]:
         """outputs: the model's dict; boxes [B, N, 4]; image_ids [B]."""
         logits = outputs["pred_logits"].float().cpu().numpy()  # [B, N, C]
-        pair = outputs["pred_affinity"].float().cpu().numpy()  # [B, N, N]
+        pair = outputs["pred_affinity"].float().cpu().numpy() + self.pair_bias  # [B, N, N]
         real = (~outputs["pad_mask"]).cpu().numpy()  # [B, N]
         boxes_np = boxes.float().cpu().numpy()
         results = []

@@ -33,7 +33,7 @@ from detgroup.data.dataset import GroupDataset, collate_groups
 from detgroup.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from detgroup.engine.evaluate import PostProcess, evaluate, move_batch
 from detgroup.errors import DetgroupError
-from detgroup.losses import GroupCriterion
+from detgroup.losses import GroupCriterion, pair_prior_log_odds
 from detgroup.model.detector import build_model
 
 log = logging.getLogger(__name__)
@@ -216,6 +216,10 @@ def train(
             f"{cfg.category_names}"
         )
     cfg.category_names = list(names)
+    if cfg.decoder.calibrate and cfg.loss.pair == "bce":
+        cfg.decoder.pair_bias = -pair_prior_log_odds(train_set.coco)
+        log.info("decoder.pair_bias = %.3f: -log(#negative / #positive pairs) of %s",
+                 cfg.decoder.pair_bias, cfg.data.train_ann)
     fit_set = _NonEmpty(train_set)
     if len(fit_set) == 0:
         raise DetgroupError(f"{cfg.data.train_ann}: no image with boxes to train on")
@@ -264,7 +268,7 @@ def train(
     if info.world > 1:
         ids = [device.index] if device.type == "cuda" else None
         model = DistributedDataParallel(model, device_ids=ids)
-    postprocess = PostProcess(method=cfg.decoder.method, consistency=cfg.decoder.consistency)
+    postprocess = PostProcess.from_config(cfg.decoder)
     val_items = range(len(val_set)) if cfg.train.max_val_images <= 0 else range(
         min(cfg.train.max_val_images, len(val_set)))
     val_loader = DataLoader(
