@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import expit
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -84,7 +85,7 @@ class PostProcess:
                     groups=part.groups,
                     scores=scores,
                     group_scores=_group_score_map(part),
-                    affinity=1.0 / (1.0 + np.exp(-pair_b)),
+                    affinity=expit(pair_b),
                 )
             )
         return results
