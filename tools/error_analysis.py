@@ -68,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--ann", type=Path, required=True, help="COCO-with-groups val file")
     ap.add_argument("--images", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True, help="PNG of the worst image")
+    ap.add_argument("--pair-bias", type=float, default=None,
+                    help="added to the pair logits (default: the checkpoint's decoder.pair_bias)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -76,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     dataset = GroupDataset(args.ann, args.images)
     names = dataset.category_names
     loader = DataLoader(dataset, batch_size=2, collate_fn=collate_groups)
-    post = PostProcess.from_config(cfg.decoder)
+    post = PostProcess.from_config(cfg.decoder, pair_bias=args.pair_bias)
     confusion = np.zeros((len(names), len(names)), dtype=np.int64)
     fates: Counter[str] = Counter()
     per_image = []
@@ -93,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 m = image_metrics(gt_cat, gt_grp, pred.categories, pred.groups)
                 per_image.append((m["exact_group_f1"], m, pred, gt_cat, gt_grp))
 
-    print(f"checkpoint {args.checkpoint}, {len(per_image)} images of {args.ann}\n")
+    print(f"checkpoint {args.checkpoint}, {len(per_image)} images of {args.ann}, pair-logit "
+          f"bias {post.pair_bias:+.3f}\n")
     print("| true \\ predicted | " + " | ".join(names) + " | recall |")
     print("|---|" + "---|" * (len(names) + 1))
     for i, name in enumerate(names):
