@@ -796,16 +796,11 @@ def run_dataset(
         split_classes = 1 if split.agnostic else num_classes
         if tuned:
             outputs, _, _ = per_box_outputs(trained[clf_variant][0], split_loader, device)
-            scenes = make_scenes(outputs, true_categories=False,
-                                 appearance=True, agnostic=split.agnostic)
             for method, group_fn in tuned.items():
-                if not method.startswith("sq_"):
-                    scenes_m = make_scenes(outputs, true_categories=False, appearance=False,
-                                           agnostic=split.agnostic)
-                else:
-                    scenes_m = scenes
+                scenes = make_scenes(outputs, true_categories=False,
+                                     appearance=method.startswith("sq_"), agnostic=split.agnostic)
                 log.info("%s: scoring on %s", method, split.name)
-                metrics, _, _ = score_grouping(group_fn, scenes_m, outputs, split_classes)
+                metrics, _, _ = score_grouping(group_fn, scenes, outputs, split_classes)
                 extra.append({"split": split.name, "method": method, "metrics": metrics})
         for method in methods:
             if METHODS[method].variant == "classifier":
