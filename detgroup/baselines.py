@@ -386,4 +386,3 @@ def tune(scenes: Sequence[Scene], candidates: Sequence[Setting],
         if score_value > best_score:
             best, best_score = setting, score_value
     return best, float(best_score)
-

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
+    from detgroup.config import Config
     from detgroup.data.coco_groups import CocoGroups
 
 
@@ -77,6 +78,15 @@ def pair_prior_log_odds(coco: CocoGroups) -> float:
         pos += same
         neg += n * (n - 1) - same
     return float(np.log(neg / pos)) if pos and neg else 0.0
+
+
+def calibrated_pair_bias(cfg: Config, train: CocoGroups) -> float:
+    """The decoder's pair-logit bias for ``cfg``: with ``decoder.calibrate`` and the balanced
+    ``bce`` pair loss, -:func:`pair_prior_log_odds` of the training set ``train``; else
+    ``decoder.pair_bias`` as configured."""
+    if cfg.decoder.calibrate and cfg.loss.pair == "bce":
+        return -pair_prior_log_odds(train)
+    return cfg.decoder.pair_bias
 
 
 class GroupCriterion(nn.Module):

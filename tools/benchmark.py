@@ -92,7 +92,7 @@ from detgroup.decoder import decode
 from detgroup.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
 from detgroup.engine.evaluate import PostProcess, evaluate, move_batch
 from detgroup.engine.train import train
-from detgroup.losses import pair_prior_log_odds
+from detgroup.losses import calibrated_pair_bias
 from detgroup.metrics import GroupingEvaluator
 
 log = logging.getLogger("benchmark")
@@ -491,10 +491,8 @@ def pair_bias(variant: str, spec: DatasetSpec, args: argparse.Namespace) -> floa
     """The decoder's pair-logit bias for ``variant``: with ``decoder.calibrate`` in the recipe
     and the balanced BCE pair loss, -log(#negative / #positive pairs) of the training set
     (what training writes into new checkpoints); else the recipe's ``decoder.pair_bias``."""
-    cfg = variant_config(variant, spec, args)
-    if cfg.decoder.calibrate and cfg.loss.pair == "bce":
-        return -pair_prior_log_odds(load_coco_groups(spec.train_ann))
-    return cfg.decoder.pair_bias
+    return calibrated_pair_bias(variant_config(variant, spec, args),
+                                load_coco_groups(spec.train_ann))
 
 
 def score_model(ckpt: Path, loader: DataLoader, num_classes: int,

@@ -33,7 +33,7 @@ from detgroup.data.dataset import GroupDataset, collate_groups
 from detgroup.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from detgroup.engine.evaluate import PostProcess, evaluate, move_batch
 from detgroup.errors import DetgroupError
-from detgroup.losses import GroupCriterion, pair_prior_log_odds
+from detgroup.losses import GroupCriterion, calibrated_pair_bias
 from detgroup.model.detector import build_model
 
 log = logging.getLogger(__name__)
@@ -216,10 +216,10 @@ def train(
             f"{cfg.category_names}"
         )
     cfg.category_names = list(names)
-    if cfg.decoder.calibrate and cfg.loss.pair == "bce":
-        cfg.decoder.pair_bias = -pair_prior_log_odds(train_set.coco)
-        log.info("decoder.pair_bias = %.3f: -log(#negative / #positive pairs) of %s",
-                 cfg.decoder.pair_bias, cfg.data.train_ann)
+    if cfg.decoder.calibrate:
+        cfg.decoder.pair_bias = calibrated_pair_bias(cfg, train_set.coco)
+        log.info("decoder.pair_bias = %.3f (calibrated on %s, pair loss %s)",
+                 cfg.decoder.pair_bias, cfg.data.train_ann, cfg.loss.pair)
     fit_set = _NonEmpty(train_set)
     if len(fit_set) == 0:
         raise DetgroupError(f"{cfg.data.train_ann}: no image with boxes to train on")
