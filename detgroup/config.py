@@ -35,6 +35,12 @@ class DataConfig:
     max_boxes_per_batch: int = 0  # 0: no cap; else batches are cut so B * Nmax stays below it
     num_workers: int = 0
     hflip_prob: float = 0.5
+    # training augmentation, each drawn per image: the image and its boxes are rescaled by a
+    # factor in [1 - scale_jitter, 1 + scale_jitter]; every box side moves by up to
+    # box_jitter x the box's height; brightness and contrast change by up to +-photometric
+    scale_jitter: float = 0.0
+    box_jitter: float = 0.0
+    photometric: float = 0.0
 
 
 @dataclass
@@ -69,11 +75,17 @@ class ModelConfig:
     num_clusters: int = 16  # assignment head size for the KCL/MCL losses
     embed_dim: int = 16  # embedding size for the associative-embedding loss
     pair_chunk: int = 256  # rows of the pair head computed at once at inference
+    # give the pair head (loss.pair = bce) the gaps and overlaps of two boxes in units of their
+    # text height, as a same-line linking rule sees them (documents; off by default)
+    pair_layout_features: bool = False
 
 
 @dataclass
 class LossConfig:
     pair: str = "bce"  # bce | kcl | mcl | ae
+    # bce/mcl: "pairs" (every pair weighs the same) or "groups" (every group and every pair of
+    # groups counts once, so small groups count as much as big ones; see detgroup.losses)
+    pair_balance: str = "pairs"
     cls_weight: float = 1.0
     pair_weight: float = 1.0
     kcl_margin: float = 2.0
@@ -127,6 +139,7 @@ def _check(cfg: Config) -> None:
     checks: list[tuple[bool, str]] = [
         (cfg.model.backbone.name in BACKBONES, f"model.backbone.name must be one of {BACKBONES}"),
         (cfg.loss.pair in PAIR_LOSSES, f"loss.pair must be one of {PAIR_LOSSES}"),
+        (cfg.loss.pair_balance in ("pairs", "groups"), "loss.pair_balance must be pairs or groups"),
         (cfg.decoder.method in DECODERS, f"decoder.method must be one of {DECODERS}"),
         (cfg.decoder.consistency in CONSISTENCY,
          f"decoder.consistency must be one of {CONSISTENCY}"),
@@ -141,6 +154,9 @@ def _check(cfg: Config) -> None:
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.train.lr > 0, "train.lr must be > 0"),
         (0.0 <= cfg.data.hflip_prob <= 1.0, "data.hflip_prob must be in [0, 1]"),
+        (0.0 <= cfg.data.scale_jitter < 1.0, "data.scale_jitter must be in [0, 1)"),
+        (0.0 <= cfg.data.box_jitter < 0.5, "data.box_jitter must be in [0, 0.5)"),
+        (0.0 <= cfg.data.photometric < 1.0, "data.photometric must be in [0, 1)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -6,7 +6,11 @@
 
 * ``bce`` — class-balanced binary cross-entropy on the pair logits: positives (same group) and
   negatives each carry half of the weight, pooled over the batch. Pairs of different categories
-  are negatives (groups hold one category), which teaches the category constraint.
+  are negatives (groups hold one category), which teaches the category constraint. Within each
+  half, every pair weighs the same (``pair_balance="pairs"``), so a group of k boxes counts
+  k(k - 1) times; ``pair_balance="groups"`` weighs each group's pairs by 1 / (k(k - 1)) and each
+  pair of groups' pairs by 1 / (k l), so that every group (and every pair of groups) counts
+  once, as in the per-group metrics.
 * ``mcl`` — Meta Classification Likelihood (Hsu et al., ICLR 2019, "Multi-class classification
   without multi-class labels"): BCE on s_ij = p_i · p_j of a soft cluster-assignment head.
 * ``kcl`` — KL-divergence contrastive loss (Hsu et al., ICLR 2018, "Learning to cluster in order
@@ -51,8 +55,23 @@ def pair_targets(groups: Tensor, pad_mask: Tensor) -> tuple[Tensor, Tensor]:
     return target, valid
 
 
-def balanced_bce(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
-    """BCE where positives and negatives each weigh half (over the pairs in ``valid``)."""
+def group_pair_weights(target: Tensor, valid: Tensor) -> Tensor:
+    """[B, N, N] weights that make every group count once (``pair_balance="groups"``).
+
+    Same-group pairs of a group of k boxes weigh 1 / (k(k - 1)); pairs across groups of k and
+    l boxes weigh 1 / (k l); pairs outside ``valid`` weigh 0.
+    """
+    size = (target * valid).sum(-1) + 1  # [B, N] the size of each box's group (itself too)
+    cross = size[:, :, None] * size[:, None, :]  # [B, N, N]: k l (k^2 on same-group pairs)
+    same = size[:, :, None] * (size[:, :, None] - 1).clamp_min(1)  # k(k - 1)
+    weights = torch.where(target > 0.5, 1 / same, 1 / cross)
+    return weights * valid
+
+
+def balanced_bce(logits: Tensor, target: Tensor, valid: Tensor,
+                 weights: Tensor | None = None) -> Tensor:
+    """BCE where positives and negatives each weigh half (over the pairs in ``valid``); within
+    each half a weighted mean by ``weights`` [B, N, N] when given, else a plain mean."""
     pos = valid & (target > 0.5)
     neg = valid & (target <= 0.5)
     loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -60,7 +79,10 @@ def balanced_bce(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     parts = 0
     for part in (pos, neg):
         if part.any():
-            total = total + loss[part].mean()
+            if weights is None:
+                total = total + loss[part].mean()
+            else:
+                total = total + (loss[part] * weights[part]).sum() / weights[part].sum()
             parts += 1
     return total / max(parts, 1)
 
@@ -68,7 +90,13 @@ def balanced_bce(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
 def pair_prior_log_odds(coco: CocoGroups) -> float:
     """log(#negative / #positive) over the ordered pairs of distinct boxes of every image of
     ``coco``, pooled (what :func:`balanced_bce` shifts the pair logits by); 0.0 when the set has
-    no positive or no negative pair."""
+    no positive or no negative pair.
+
+    The same shift holds for the per-group weights of :func:`group_pair_weights` where the
+    weights do not depend on what the head sees: the mean weight of the positive pairs is
+    W+ / #positive, of the negative ones W- / #negative, and each half is divided by its total
+    W. (With groups of equal size the two losses are identical.)
+    """
     pos = neg = 0
     for info in coco.images:
         groups = coco.targets(info["id"])["groups"]
@@ -100,11 +128,15 @@ class GroupCriterion(nn.Module):
         pair_weight: float = 1.0,
         kcl_margin: float = 2.0,
         ae_margin: float = 1.0,
+        pair_balance: str = "pairs",
     ) -> None:
         super().__init__()
         if pair_loss not in ("bce", "mcl", "kcl", "ae"):
             raise ValueError(f"unknown pair loss {pair_loss!r}")
+        if pair_balance not in ("pairs", "groups"):
+            raise ValueError(f"unknown pair balance {pair_balance!r}")
         self.pair_loss = pair_loss
+        self.pair_balance = pair_balance
         self.kcl_margin = kcl_margin
         self.ae_margin = ae_margin
         self.weight_dict = {"loss_cls": cls_weight, "loss_pair": pair_weight}
@@ -128,7 +160,9 @@ class GroupCriterion(nn.Module):
             loss_pair = outputs["pred_affinity"].sum() * 0.0
         elif self.pair_loss == "bce" or self.pair_loss == "mcl":
             # MCL is BCE on logit(p_i · p_j), which is what the assignment head reports.
-            loss_pair = balanced_bce(outputs["pred_affinity"].float(), target, valid)
+            weights = (group_pair_weights(target, valid) if self.pair_balance == "groups"
+                       else None)
+            loss_pair = balanced_bce(outputs["pred_affinity"].float(), target, valid, weights)
         elif self.pair_loss == "kcl":
             loss_pair = self._kcl(outputs["pred_assign"].float(), target, valid)
         else:

@@ -195,3 +195,39 @@ def test_hflip_moves_boxes_with_pixels(tmp_path: Path) -> None:
     write_coco_groups(tmp_path / "ann.json", GOOD)
     flipped = GroupDataset(tmp_path / "ann.json", tmp_path / "img", hflip_prob=1.0)[0]
     assert flipped["boxes"][0].tolist() == [64 - 11, 2, 64 - 1, 10]
+
+
+def test_scale_and_box_jitter_keep_boxes_on_their_pixels(tmp_path: Path) -> None:
+    """Each box covers a bright patch; after rescaling and jitter it still covers mostly it."""
+    (tmp_path / "img").mkdir()
+    pixels = np.zeros((48, 64, 3), np.uint8)
+    for ann in GOOD["annotations"][:4]:
+        x, y, w, h = ann["bbox"]
+        pixels[y:y + h, x:x + w] = 255
+    cv2.imwrite(str(tmp_path / "img/a.png"), pixels)
+    data = {**GOOD, "images": GOOD["images"][:1], "annotations": GOOD["annotations"][:4]}
+    write_coco_groups(tmp_path / "ann.json", data)
+    plain = GroupDataset(tmp_path / "ann.json", tmp_path / "img")[0]
+    ds = GroupDataset(tmp_path / "ann.json", tmp_path / "img", scale_jitter=0.4, box_jitter=0.1,
+                      photometric=0.3, seed=1)
+    sizes = set()
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        item = ds[0]
+        again = ds[0]
+        torch.testing.assert_close(item["boxes"], again["boxes"])  # same draw for (epoch, index)
+        _, h, w = item["image"].shape
+        sizes.add((h, w))
+        scale = w / 64
+        assert abs(h / 48 - scale) < 0.05  # one factor for both axes
+        boxes = item["boxes"]
+        assert torch.all(boxes[:, 2:] - boxes[:, :2] >= 1)
+        assert torch.all(boxes[:, 0::2] <= w) and torch.all(boxes[:, 1::2] <= h)
+        torch.testing.assert_close(boxes, plain["boxes"] * scale, atol=0.1 * 8 * scale + 0.5,
+                                   rtol=0)
+        gray = item["image"].mean(0)
+        for x1, y1, x2, y2 in boxes.round().int().tolist():
+            inside = gray[y1:y2, x1:x2].mean()
+            assert inside > gray.mean() + 0.2  # the box still sits on its bright patch
+        assert torch.equal(item["categories"], plain["categories"])
+    assert len(sizes) > 1  # the scale is drawn anew each epoch

@@ -29,6 +29,9 @@ def test_defaults_then_yaml_then_overrides(tmp_path: Path) -> None:
         (["decoder.method=kmeans"], "decoder.method must be one of"),
         (["model.dim=30", "model.relation.heads=4"], "divisible"),
         (["train.epochs"], "not of the form key=value"),
+        (["data.scale_jitter=1.5"], "data.scale_jitter must be in"),
+        (["data.box_jitter=-0.1"], "data.box_jitter must be in"),
+        (["loss.pair_balance=boxes"], "loss.pair_balance must be pairs or groups"),
     ],
 )
 def test_bad_values_name_the_key(overrides: list[str], message: str) -> None:

@@ -10,7 +10,11 @@ from detgroup.config import Config
 from detgroup.losses import GroupCriterion, pair_targets
 from detgroup.model.backbone import build_backbone
 from detgroup.model.detector import build_model
-from detgroup.ops.boxes import pairwise_geometry, symmetric_pair_geometry
+from detgroup.ops.boxes import (
+    layout_pair_geometry,
+    pairwise_geometry,
+    symmetric_pair_geometry,
+)
 
 
 def _boxes(n: int, size: int = 96, seed: int = 0) -> torch.Tensor:
@@ -177,9 +181,11 @@ def test_relation_layers_zero_is_per_box(tiny_cfg: Config) -> None:
     torch.testing.assert_close(full, part, atol=1e-5, rtol=1e-4)
 
 
-def test_chunked_pair_head_equals_full(tiny_cfg: Config) -> None:
+@pytest.mark.parametrize("layout", [False, True])
+def test_chunked_pair_head_equals_full(tiny_cfg: Config, layout: bool) -> None:
     """At inference the pair head runs ``pair_chunk`` rows at a time; results are identical."""
     tiny_cfg.model.pair_chunk = 7
+    tiny_cfg.model.pair_layout_features = layout
     model = _model(tiny_cfg)
     image, boxes = torch.rand(1, 3, 96, 96), _boxes(30)[None]
     with torch.no_grad():
@@ -187,3 +193,67 @@ def test_chunked_pair_head_equals_full(tiny_cfg: Config) -> None:
         model.pair_head.chunk = 1000
         full = model(image, boxes)["pred_affinity"]
     torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-4)
+
+
+def test_layout_geometry_measures_gaps_in_text_heights() -> None:
+    """Two words on one line, 5 px apart, 10 px tall; a third on the next line, left-aligned."""
+    boxes = torch.tensor([[[0.0, 0, 20, 10], [25, 0, 45, 10], [0, 14, 60, 24]]])
+    geo = layout_pair_geometry(boxes)  # [1, 3, 3, 6]
+    torch.testing.assert_close(geo, geo.transpose(1, 2))
+    log = torch.log1p
+    same_line = torch.stack([log(torch.tensor(0.5)), -log(torch.tensor(1.0)), torch.tensor(1.0),
+                             torch.tensor(0.0), log(torch.tensor(2.5)), torch.tensor(0.0)])
+    torch.testing.assert_close(geo[0, 0, 1], same_line)
+    # next line: horizontal extents overlap by the whole first word (20 px = 2 heights), the
+    # vertical gap is 4 px = 0.4 heights, left edges aligned, centres 1.4 heights apart
+    next_line = torch.stack([-log(torch.tensor(2.0)), log(torch.tensor(0.4)), torch.tensor(0.0),
+                             torch.tensor(1.0), torch.tensor(0.0), log(torch.tensor(1.4))])
+    torch.testing.assert_close(geo[0, 0, 2], next_line)
+
+
+def test_layout_pair_features_change_the_head_and_keep_equivariance(tiny_cfg: Config) -> None:
+    plain = _model(tiny_cfg)
+    tiny_cfg.model.pair_layout_features = True
+    model = _model(tiny_cfg)
+    first = model.pair_head.mlp[0]
+    assert first.in_features == plain.pair_head.mlp[0].in_features + 6
+    image, boxes = torch.rand(1, 3, 96, 96), _boxes(9)[None]
+    perm = torch.randperm(9, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        a = model(image, boxes)["pred_affinity"]
+        b = model(image, boxes[:, perm])["pred_affinity"]
+        # the layout columns are read: zeroing their weights changes the logits
+        first.weight[:, -6:] = 0
+        c = model(image, boxes)["pred_affinity"]
+    torch.testing.assert_close(b, a[:, perm][:, :, perm], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(a, a.transpose(1, 2), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(a, c, atol=1e-4)
+
+
+def test_group_balance_counts_every_group_once() -> None:
+    """Groups of 3, 2 and 1 boxes (+ padding): each group's pairs sum to 1, each ordered pair
+    of groups sums to 1; with equal-size groups the loss equals the pair-balanced one."""
+    from detgroup.losses import group_pair_weights
+
+    groups = torch.tensor([[0, 0, 0, 1, 1, 2, -1]])
+    pad = torch.tensor([[False] * 6 + [True]])
+    target, valid = pair_targets(groups, pad)
+    weights = group_pair_weights(target, valid)[0]
+    same = (target[0] > 0.5) & valid[0]
+    assert weights[same].sum() == pytest.approx(2.0)  # two groups with pairs
+    assert weights[~same & valid[0]].sum() == pytest.approx(6.0)  # 3 x 2 ordered group pairs
+    assert weights[0, 1] == pytest.approx(1 / 6) and weights[3, 4] == pytest.approx(1 / 2)
+    assert weights[0, 5] == pytest.approx(1 / 3) and weights[:, 6].sum() == 0
+
+    aff = torch.randn(1, 6, 6)
+    aff = (aff + aff.transpose(1, 2)) / 2
+    out = {"pred_logits": torch.randn(1, 6, 2), "pred_affinity": aff,
+           "pad_mask": torch.zeros(1, 6, dtype=torch.bool)}
+    pairs, per_group = GroupCriterion(), GroupCriterion(pair_balance="groups")
+    equal = {"categories": torch.zeros(1, 6, dtype=torch.long),
+             "groups": torch.tensor([[0, 0, 1, 1, 2, 2]])}
+    torch.testing.assert_close(pairs(out, equal)["loss_pair"], per_group(out, equal)["loss_pair"])
+    unequal = {"categories": torch.zeros(1, 6, dtype=torch.long),
+               "groups": torch.tensor([[0, 0, 0, 0, 1, 2]])}
+    assert not torch.allclose(pairs(out, unequal)["loss_pair"],
+                              per_group(out, unequal)["loss_pair"])

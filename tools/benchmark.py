@@ -232,7 +232,8 @@ class PerBoxOutputs:
     """A model's per-box outputs and the ground truth of one image (numpy).
 
     ``logits`` [N, C]; ``features`` [N, D]; ``centres`` [N, 2] (fractions of the image size);
-    ``boxes`` [N, 4] xyxy px; ``categories``, ``groups`` [N] ground truth.
+    ``boxes`` [N, 4] xyxy px; ``categories``, ``groups`` [N] ground truth; ``affinity`` [N, N]
+    the pair logits; ``clusters`` [N] the argmax of a KCL/MCL assignment head (else None).
     """
 
     logits: np.ndarray
@@ -241,6 +242,8 @@ class PerBoxOutputs:
     boxes: np.ndarray
     categories: np.ndarray
     groups: np.ndarray
+    affinity: np.ndarray
+    clusters: np.ndarray | None = None
 
 
 def synth_dataset(args: argparse.Namespace, data_dir: Path) -> DatasetSpec:
@@ -529,6 +532,7 @@ def per_box_outputs(ckpt: Path, loader: DataLoader,
             real = ~batch["pad_mask"][b]
             height, width = batch["image_sizes"][b].tolist()
             boxes = batch["boxes"][b][real].cpu().numpy()
+            pair = out["pred_affinity"][b][real][:, real].float().cpu().numpy()  # [N, N]
             images.append(PerBoxOutputs(
                 logits=out["pred_logits"][b][real].float().cpu().numpy(),
                 features=out["features"][b][real].float().cpu().numpy(),
@@ -536,6 +540,9 @@ def per_box_outputs(ckpt: Path, loader: DataLoader,
                 boxes=boxes,
                 categories=batch["categories"][b][real].cpu().numpy(),
                 groups=batch["groups"][b][real].cpu().numpy(),
+                affinity=(pair + pair.T) / 2,
+                clusters=(out["pred_assign"][b][real].argmax(-1).cpu().numpy()
+                          if "pred_assign" in out else None),
             ))
     count = max(len(images), 1)
     return images, 1000.0 * seconds / count, 1000.0 * (time.process_time() - cpu) / count
@@ -606,18 +613,22 @@ def tune_method(method: str, tune_scenes: list[Scene], score: str) -> tuple[Grou
 
 
 def score_grouping(group_fn: GroupFn, scenes: list[Scene], gt: list[PerBoxOutputs],
-                   num_classes: int) -> tuple[dict[str, float], float, float]:
+                   num_classes: int, *, vote: bool = False
+                   ) -> tuple[dict[str, float], float, float]:
     """Metrics of ``group_fn`` on ``scenes`` (truth: the scenes' own partition, categories as
-    the scenes have them), and its wall ms and CPU ms per image."""
+    the scenes have them), and its wall ms and CPU ms per image. ``vote``: each group's
+    category is voted from the per-box logits (:func:`vote_categories`) instead of taken from
+    the scene."""
     evaluator = GroupingEvaluator(num_classes=num_classes)
     seconds = cpu = 0.0
     for scene, im in zip(scenes, gt, strict=True):
         start, start_cpu = time.perf_counter(), time.process_time()
         groups = group_fn(scene)
+        categories = vote_categories(im.logits, groups) if vote else scene.categories
         seconds += time.perf_counter() - start
         cpu += time.process_time() - start_cpu
         truth_categories = scene.categories * 0 if num_classes == 1 else im.categories
-        evaluator.update(truth_categories, im.groups, scene.categories, groups)
+        evaluator.update(truth_categories, im.groups, categories, groups)
     count = max(len(gt), 1)
     return evaluator.summary(), 1000.0 * seconds / count, 1000.0 * cpu / count
 
@@ -657,50 +668,32 @@ def vote_row(method: str, tune_out: list[PerBoxOutputs], val_out: list[PerBoxOut
     group_fn, setting, tune_s = tune_method(
         method, make_scenes(tune_out, true_categories=False, appearance=False, agnostic=True),
         spec.tune_score)
-    evaluator = GroupingEvaluator(num_classes=num_classes)
-    seconds = cpu = 0.0
     scenes = make_scenes(val_out, true_categories=False, appearance=False, agnostic=True)
-    for scene, im in zip(scenes, val_out, strict=True):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        groups = group_fn(scene)
-        categories = vote_categories(im.logits, groups)
-        seconds += time.perf_counter() - start
-        cpu += time.process_time() - start_cpu
-        evaluator.update(im.categories, im.groups, categories, groups)
-    count = max(len(val_out), 1)
+    metrics, ms, cpu_ms = score_grouping(group_fn, scenes, val_out, num_classes, vote=True)
     clf = spec.aliases.get("classifier", "classifier")
     return Row(
         key=method + "_vote", family=METHODS[method].family,
         name=METHODS[method].name + ", then a category vote per group",
         categories=f"{clf} model's category head, voted per group", setting=setting,
-        metrics=evaluator.summary(), train_seconds=clf_train_s, tune_seconds=tune_s,
-        infer_ms=1000.0 * seconds / count + clf_ms, infer_cpu_ms=1000.0 * cpu / count + clf_cpu_ms,
+        metrics=metrics, train_seconds=clf_train_s, tune_seconds=tune_s,
+        infer_ms=ms + clf_ms, infer_cpu_ms=cpu_ms + clf_cpu_ms,
     )
 
 
-@torch.no_grad()
 def score_model_agnostic(ckpt: Path, loader: DataLoader, device: torch.device,
                          bias: float = 0.0) -> dict[str, dict[str, float]]:
     """Metrics of a checkpoint with categories ignored (truth = the groups): ``"decoder"``, the
     pair logits (plus ``bias``) alone decoded by DECODER; and for a cluster-assignment head
     (KCL/MCL), ``"argmax"``: each box in its most probable cluster, L2C's own inference."""
-    model, _ = load_model_from_checkpoint(ckpt)
-    model = model.to(device)
+    outputs, _, _ = per_box_outputs(ckpt, loader, device)
     evaluator = GroupingEvaluator(num_classes=1)
     argmax = GroupingEvaluator(num_classes=1)
-    for batch in loader:
-        batch = move_batch(batch, device)
-        out = model(batch["images"], batch["boxes"], batch["pad_mask"], batch["image_sizes"])
-        for b in range(len(batch["image_ids"])):
-            real = (~batch["pad_mask"][b]).cpu().numpy()
-            pair = out["pred_affinity"][b].float().cpu().numpy()[np.ix_(real, real)]  # [N, N]
-            part = decode((pair + pair.T) / 2 + bias, None, method=DECODER)
-            zeros = np.zeros(int(real.sum()), dtype=np.int64)
-            truth = batch["groups"][b].cpu().numpy()[real]
-            evaluator.update(zeros, truth, zeros, part.groups)
-            if "pred_assign" in out:
-                clusters = out["pred_assign"][b].argmax(-1).cpu().numpy()[real]  # [N]
-                argmax.update(zeros, truth, zeros, clusters)
+    for im in outputs:
+        zeros = np.zeros(len(im.groups), dtype=np.int64)
+        evaluator.update(zeros, im.groups, zeros,
+                         decode(im.affinity + bias, None, method=DECODER).groups)
+        if im.clusters is not None:
+            argmax.update(zeros, im.groups, zeros, im.clusters)
     result = {"decoder": evaluator.summary()}
     if argmax.per_image:
         result["argmax"] = argmax.summary()

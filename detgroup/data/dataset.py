@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -24,8 +25,11 @@ class GroupDataset(Dataset):
         ann: path of a COCO-with-groups file, or an already loaded :class:`CocoGroups`.
         images_dir: folder that ``file_name`` is relative to.
         hflip_prob: probability of a horizontal flip (training augmentation).
-        seed: seed of the augmentation generator (with the item index, so any worker order
-            gives the same flips).
+        scale_jitter: rescale image and boxes by a factor in [1 - s, 1 + s] (augmentation).
+        box_jitter: move every box side by up to this fraction of the box height.
+        photometric: change brightness and contrast by up to this fraction.
+        seed: seed of the augmentation generator (with the epoch and the item index, so any
+            worker order gives the same draws).
     """
 
     def __init__(
@@ -34,11 +38,17 @@ class GroupDataset(Dataset):
         images_dir: str | Path,
         *,
         hflip_prob: float = 0.0,
+        scale_jitter: float = 0.0,
+        box_jitter: float = 0.0,
+        photometric: float = 0.0,
         seed: int = 0,
     ) -> None:
         self.coco = ann if isinstance(ann, CocoGroups) else load_coco_groups(ann)
         self.images_dir = Path(images_dir)
         self.hflip_prob = hflip_prob
+        self.scale_jitter = scale_jitter
+        self.box_jitter = box_jitter
+        self.photometric = photometric
         self.seed = seed
         self.epoch = 0
 
@@ -62,14 +72,21 @@ class GroupDataset(Dataset):
         pixels = read_image_rgb(self.images_dir / info["file_name"])  # [H, W, 3] uint8
         target = self.coco.targets(info["id"])
         boxes = target["boxes"]
-        if self.hflip_prob > 0:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            if rng.random() < self.hflip_prob:
-                width = pixels.shape[1]
-                pixels = pixels[:, ::-1]
-                boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0],
-                                  boxes[:, 3]], axis=1)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        if self.hflip_prob > 0 and rng.random() < self.hflip_prob:
+            width = pixels.shape[1]
+            pixels = pixels[:, ::-1]
+            boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0],
+                              boxes[:, 3]], axis=1)
+        if self.scale_jitter > 0:
+            pixels, boxes = _rescale(pixels, boxes, rng.uniform(-1, 1) * self.scale_jitter + 1)
+        if self.box_jitter > 0 and len(boxes):
+            boxes = _jitter_boxes(boxes, rng, self.box_jitter, pixels.shape[:2])
         image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float() / 255.0
+        if self.photometric > 0:
+            contrast, brightness = 1 + rng.uniform(-1, 1, size=2) * self.photometric
+            mean = image.mean()
+            image = ((image - mean) * contrast + mean * brightness).clamp_(0, 1)
         return {
             "image": image,
             "boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
@@ -77,6 +94,31 @@ class GroupDataset(Dataset):
             "groups": torch.from_numpy(target["groups"]),
             "image_id": int(info["id"]),
         }
+
+
+def _rescale(pixels: np.ndarray, boxes: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Resize an [H, W, 3] image and its [N, 4] boxes by ``factor`` (area filter to shrink)."""
+    h, w = pixels.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))  # (W', H') for OpenCV
+    interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(np.ascontiguousarray(pixels), size, interpolation=interp)
+    scale = np.array([size[0] / w, size[1] / h] * 2, dtype=np.float32)
+    return resized, (boxes * scale).astype(np.float32)
+
+
+def _jitter_boxes(
+    boxes: np.ndarray, rng: np.random.Generator, amount: float, image_hw: tuple[int, int]
+) -> np.ndarray:
+    """Move each side of the [N, 4] boxes by up to ``amount`` x the box height; keep >= 1 px."""
+    heights = (boxes[:, 3] - boxes[:, 1])[:, None]  # [N, 1]
+    moved = boxes + rng.uniform(-amount, amount, size=boxes.shape) * heights  # [N, 4]
+    h, w = image_hw
+    moved[:, 0::2] = moved[:, 0::2].clip(0, w)
+    moved[:, 1::2] = moved[:, 1::2].clip(0, h)
+    # a box that the jitter would turn inside out keeps its original side
+    flat = (moved[:, 2] - moved[:, 0] < 1) | (moved[:, 3] - moved[:, 1] < 1)
+    moved[flat] = boxes[flat]
+    return moved.astype(np.float32)
 
 
 def collate_groups(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -155,7 +155,8 @@ def build_loaders(cfg: Config) -> tuple[GroupDataset, GroupDataset]:
     """Training set (images with no boxes dropped: nothing to learn) and validation set."""
     train_set = GroupDataset(
         cfg.data.train_ann, cfg.data.train_images, hflip_prob=cfg.data.hflip_prob,
-        seed=cfg.train.seed,
+        scale_jitter=cfg.data.scale_jitter, box_jitter=cfg.data.box_jitter,
+        photometric=cfg.data.photometric, seed=cfg.train.seed,
     )
     val_set = GroupDataset(cfg.data.val_ann, cfg.data.val_images)
     if train_set.category_names != val_set.category_names:
@@ -229,6 +230,7 @@ def train(
     criterion = GroupCriterion(
         pair_loss=cfg.loss.pair, cls_weight=cfg.loss.cls_weight, pair_weight=cfg.loss.pair_weight,
         kcl_margin=cfg.loss.kcl_margin, ae_margin=cfg.loss.ae_margin,
+        pair_balance=cfg.loss.pair_balance,
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)

@@ -104,7 +104,9 @@ def build_model(cfg: Config) -> GroupingModel:
         dropout=m.relation.dropout,
     )
     if cfg.loss.pair == "bce":
-        pair_head: nn.Module = PairAffinityHead(dim=m.dim, hidden=m.pair_hidden, chunk=m.pair_chunk)
+        pair_head: nn.Module = PairAffinityHead(
+            dim=m.dim, hidden=m.pair_hidden, chunk=m.pair_chunk, layout=m.pair_layout_features
+        )
     elif cfg.loss.pair in ("kcl", "mcl"):
         pair_head = AssignmentHead(dim=m.dim, num_clusters=m.num_clusters)
     else:

@@ -3,7 +3,8 @@
 Three pair heads, one per loss family (see ``detgroup.losses``):
 
 * :class:`PairAffinityHead` — an MLP on (h_i ⊙ h_j, |h_i − h_j|, geometry_ij) → one logit per
-  pair; symmetric by construction. Trained with class-balanced BCE.
+  pair; symmetric by construction (optionally with text-layout geometry). Trained with
+  class-balanced BCE.
 * :class:`AssignmentHead` — a K-way soft cluster assignment per box; the pair probability is
   p_i · p_j (the L2C KCL/MCL formulation).
 * :class:`EmbeddingHead` — an embedding per box (associative embedding); the pair logit falls
@@ -15,7 +16,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detgroup.ops.boxes import SYM_PAIR_FEATURES, symmetric_pair_geometry
+from detgroup.ops.boxes import (
+    LAYOUT_PAIR_FEATURES,
+    SYM_PAIR_FEATURES,
+    layout_pair_geometry,
+    symmetric_pair_geometry,
+)
 
 _PROB_EPS = 1e-6
 
@@ -31,13 +37,19 @@ class CategoryHead(nn.Module):
 
 
 class PairAffinityHead(nn.Module):
-    """Symmetric same-group logits from pair features, computed ``chunk`` rows at a time."""
+    """Symmetric same-group logits from pair features, computed ``chunk`` rows at a time.
 
-    def __init__(self, *, dim: int, hidden: int, chunk: int = 256) -> None:
+    ``layout=True`` adds :func:`~detgroup.ops.boxes.layout_pair_geometry` (gaps and overlaps in
+    units of text height) to the pair features, for documents.
+    """
+
+    def __init__(self, *, dim: int, hidden: int, chunk: int = 256, layout: bool = False) -> None:
         super().__init__()
         self.chunk = chunk
+        self.layout = layout
+        geometry = SYM_PAIR_FEATURES + (LAYOUT_PAIR_FEATURES if layout else 0)
         self.mlp = nn.Sequential(
-            nn.Linear(2 * dim + SYM_PAIR_FEATURES, hidden),
+            nn.Linear(2 * dim + geometry, hidden),
             nn.GELU(),
             nn.Linear(hidden, hidden),
             nn.GELU(),
@@ -48,6 +60,9 @@ class PairAffinityHead(nn.Module):
         hi = h[:, rows, None, :]  # [B, R, 1, D]
         hj = h[:, None, cols, :]  # [B, 1, K, D]
         geometry = symmetric_pair_geometry(boxes[:, rows], boxes[:, cols])  # [B, R, K, G]
+        if self.layout:
+            layout = layout_pair_geometry(boxes[:, rows], boxes[:, cols])  # [B, R, K, 6]
+            geometry = torch.cat([geometry, layout], dim=-1)
         feats = torch.cat([hi * hj, (hi - hj).abs(), geometry.to(h.dtype)], dim=-1)
         return self.mlp(feats).squeeze(-1)  # [B, R, K]
 

@@ -109,3 +109,43 @@ def symmetric_pair_geometry(boxes: Tensor, others: Tensor | None = None) -> Tens
         [torch.log1p(rel), log_size, iou[..., None], torch.log1p(gap.norm(dim=-1))[..., None]],
         dim=-1,
     )
+
+
+LAYOUT_PAIR_FEATURES = 6
+
+
+def layout_pair_geometry(boxes: Tensor, others: Tensor | None = None) -> Tensor:
+    """Undirected text-layout relation of boxes i and j, in units of their text height.
+
+    What a same-line / next-line linking rule looks at, for the pair head of models on
+    documents (``model.pair_layout_features``): gaps measured in the height of the text, not in
+    box widths, which vary from word to word.
+
+    Args:
+        boxes: [B, N, 4] xyxy absolute pixels.
+        others: [B, M, 4] boxes to pair them with (default: ``boxes`` itself, M = N).
+
+    Returns:
+        [B, N, M, 6]: signed-log horizontal and vertical gaps between the boxes (negative when
+        their extents overlap) in units of the smaller height; the overlap of their vertical
+        extents over the smaller height and of their horizontal extents over the smaller width
+        (both in [0, 1]); log1p of the distance between their left edges and between their
+        vertical centres, both in units of the smaller height.
+    """
+    others = boxes if others is None else others
+    a = boxes[:, :, None, :]  # [B, N, 1, 4]
+    b = others[:, None, :, :]  # [B, 1, M, 4]
+    size_a = (a[..., 2:] - a[..., :2]).clamp_min(_EPS)  # [B, N, 1, 2]
+    size_b = (b[..., 2:] - b[..., :2]).clamp_min(_EPS)  # [B, 1, M, 2]
+    small = torch.minimum(size_a, size_b)  # [B, N, M, 2] (w, h)
+    unit = small[..., 1]  # [B, N, M] the smaller text height
+    # gap > 0: space between the extents; gap < 0: minus their overlap
+    gap = torch.maximum(a[..., :2], b[..., :2]) - torch.minimum(a[..., 2:], b[..., 2:])
+    overlap = (-gap).clamp_min(0) / small  # [B, N, M, 2] in [0, 1]
+    left = (a[..., 0] - b[..., 0]).abs() / unit  # [B, N, M]
+    mid = ((a[..., 1] + a[..., 3]) - (b[..., 1] + b[..., 3])).abs() / (2 * unit)  # [B, N, M]
+    return torch.cat(
+        [_signed_log(gap / unit[..., None]), overlap[..., 1:], overlap[..., :1],
+         torch.log1p(left)[..., None], torch.log1p(mid)[..., None]],
+        dim=-1,
+    )
