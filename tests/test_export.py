@@ -32,20 +32,22 @@ def _boxes(n: int, h: int, w: int, seed: int) -> torch.Tensor:
     return torch.cat([xy, xy + wh], dim=1)
 
 
-def _checkpoint(root: Path, pair: str) -> Path:
-    cfg = tiny_config(root, f"loss.pair={pair}", "model.pair_chunk=4")
+def _checkpoint(root: Path, pair: str, *extra: str) -> Path:
+    cfg = tiny_config(root, f"loss.pair={pair}", "model.pair_chunk=4", *extra)
     torch.manual_seed(0)
     model = build_model(cfg)
-    path = root / f"{pair}.pt"
+    path = root / f"{pair}{len(extra)}.pt"
     save_checkpoint(path, {"config": config_to_dict(cfg), "model": model.state_dict()})
     return path
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Random-init tiny models, one per pair head."""
+    """Random-init tiny models, one per pair head, and the pair head with layout features."""
     root = tmp_path_factory.mktemp("export")
-    return {pair: _checkpoint(root, pair) for pair in ("bce", "mcl", "ae")}
+    found = {pair: _checkpoint(root, pair) for pair in ("bce", "mcl", "ae")}
+    found["bce_layout"] = _checkpoint(root, "bce", "model.pair_layout_features=true")
+    return found
 
 
 def _eager(checkpoint: Path, image: torch.Tensor, boxes: torch.Tensor) -> list[np.ndarray]:
@@ -70,7 +72,7 @@ def _check_against_eager(checkpoint: Path, path: Path, run) -> None:
             assert np.abs(g - e).max() <= 1e-4, (n, h, w)
 
 
-@pytest.mark.parametrize("pair", ["bce", "mcl", "ae"])
+@pytest.mark.parametrize("pair", ["bce", "mcl", "ae", "bce_layout"])
 def test_torchscript_matches_eager(checkpoints: dict[str, Path], tmp_path: Path,
                                    pair: str) -> None:
     out = tmp_path / "sub/model.ts"
@@ -82,16 +84,17 @@ def test_torchscript_matches_eager(checkpoints: dict[str, Path], tmp_path: Path,
     assert [p.name for p in out.parent.iterdir()] == ["model.ts"]  # no temporary file left
 
 
-def test_onnx_matches_eager(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("pair", ["bce", "bce_layout"])
+def test_onnx_matches_eager(checkpoints: dict[str, Path], tmp_path: Path, pair: str) -> None:
     pytest.importorskip("onnx", reason="ONNX export needs the 'export' extra (onnx)")
     ort = pytest.importorskip("onnxruntime", reason="checking ONNX needs the 'export' extra")
-    out = export_model(checkpoints["bce"], "onnx", tmp_path / "model.onnx")
+    out = export_model(checkpoints[pair], "onnx", tmp_path / "model.onnx")
 
     def run(path: Path, image: torch.Tensor, boxes: torch.Tensor) -> list[np.ndarray]:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run(None, {"image": image.numpy(), "boxes": boxes.numpy()})
 
-    _check_against_eager(checkpoints["bce"], out, run)
+    _check_against_eager(checkpoints[pair], out, run)
     meta = ort.InferenceSession(str(out)).get_modelmeta().custom_metadata_map
     assert json.loads(meta["detgroup"])["category_names"] == ["cat", "dog"]
 
