@@ -21,6 +21,7 @@ BACKBONES = ("small", "resnet18", "resnet34", "resnet50")
 PAIR_LOSSES = ("bce", "kcl", "mcl", "ae")
 DECODERS = ("gaec-kl", "average", "components", "exact")
 CONSISTENCY = ("joint", "forbid")
+SELECT_BY = ("ari", "exact_group_f1", "group_pq", "pair_f1", "cat_acc")
 
 
 @dataclass
@@ -116,6 +117,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # only on CUDA
     eval_every: int = 1  # epochs
+    # the val metric that picks best.pt (and so model.pt): ari | exact_group_f1 | group_pq |
+    # pair_f1 | cat_acc; on sets of many small groups ARI and the per-group metrics disagree
+    select_by: str = "ari"
     save_every_steps: int = 0  # 0: at the end of every epoch only
     max_val_images: int = 0  # 0: the whole val set
     tensorboard: bool = False
@@ -144,6 +148,7 @@ def _check(cfg: Config) -> None:
         (cfg.decoder.consistency in CONSISTENCY,
          f"decoder.consistency must be one of {CONSISTENCY}"),
         (cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
+        (cfg.train.select_by in SELECT_BY, f"train.select_by must be one of {SELECT_BY}"),
         (cfg.model.relation.layers >= 0, "model.relation.layers must be >= 0"),
         (cfg.model.relation.heads >= 1, "model.relation.heads must be >= 1"),
         (cfg.model.dim % cfg.model.relation.heads == 0,

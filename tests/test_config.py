@@ -32,6 +32,7 @@ def test_defaults_then_yaml_then_overrides(tmp_path: Path) -> None:
         (["data.scale_jitter=1.5"], "data.scale_jitter must be in"),
         (["data.box_jitter=-0.1"], "data.box_jitter must be in"),
         (["loss.pair_balance=boxes"], "loss.pair_balance must be pairs or groups"),
+        (["train.select_by=loss"], "train.select_by must be one of"),
     ],
 )
 def test_bad_values_name_the_key(overrides: list[str], message: str) -> None:

@@ -38,6 +38,17 @@ def test_train_writes_checkpoints_log_and_summary(tiny_data: Path, tmp_path: Pat
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
 
 
+def test_best_checkpoint_follows_select_by(tiny_data: Path, tmp_path: Path) -> None:
+    from detgroup.engine.checkpoint import load_checkpoint
+
+    cfg = tiny_config(tiny_data, "train.epochs=3", "train.select_by=exact_group_f1")
+    result = train(cfg, out_dir=tmp_path, progress=False)
+    scores = [float(r["val_exact_group_f1"]) for r in csv.DictReader((tmp_path / "log.csv").open())]
+    assert result["best_val"] == {"metric": "exact_group_f1", "value": pytest.approx(max(scores))}
+    assert result["best_val_ari"] is None  # not picked by ARI
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1 + scores.index(max(scores))
+
+
 def test_resume_mid_epoch_matches_uninterrupted_run(tiny_data: Path, tmp_path: Path) -> None:
     full = tmp_path / "full"
     train(tiny_config(tiny_data), out_dir=full, progress=False)

@@ -423,15 +423,16 @@ def variant_config(variant: str, spec: DatasetSpec, args: argparse.Namespace) ->
 
 def _recipe(config: dict[str, Any]) -> dict[str, Any]:
     """A config dict without what does not change the trained weights (file locations, threads,
-    device, how often and on how many images val is scored or checkpoints are written, the
-    decoder settings, the category names filled in by training)."""
+    device, how often and on how many images val is scored or checkpoints are written, which
+    val metric picks best.pt, the decoder settings, the category names filled in by
+    training)."""
     recipe = json.loads(json.dumps(config))
     recipe.pop("category_names", None)
     recipe.pop("decoder", None)  # how the logits are decoded; the benchmark sets it itself
     for key in ("train_ann", "train_images", "val_ann", "val_images"):
         recipe["data"].pop(key, None)
     for key in ("threads", "device", "eval_every", "max_val_images", "save_every_steps",
-                "tensorboard"):
+                "tensorboard", "select_by"):
         recipe["train"].pop(key, None)
     return recipe
 

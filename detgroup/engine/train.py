@@ -3,7 +3,8 @@
 One process, or many under ``torchrun`` (PyTorch DDP: gloo on CPU, NCCL on GPU) with the same
 config. Each epoch draws a batch order from (seed, epoch), so a run resumed from any checkpoint,
 even one written mid-epoch, sees the same batches as an uninterrupted run. Rank 0 evaluates,
-logs and writes checkpoints (atomically: ``last.pt`` and ``best.pt`` by val ARI).
+logs and writes checkpoints (atomically: ``last.pt`` and ``best.pt`` by the val metric
+``train.select_by``, ARI by default).
 """
 
 from __future__ import annotations
@@ -364,8 +365,8 @@ def train(
                         writer.add_scalar(f"epoch/{k}", v, epoch)
                 log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
                 rows.append(row)
-                if summary["ari"] > best:
-                    best = summary["ari"]
+                if summary[cfg.train.select_by] > best:
+                    best = summary[cfg.train.select_by]
                     save_checkpoint(out / "best.pt", {**state_dict(), "optimizer": None,
                                                       "scheduler": None, "scaler": None})
             elif info.main:
@@ -384,7 +385,9 @@ def train(
         "epochs_done": epoch, "steps": step, "interrupted": interrupted,
         "train_seconds": round(time.perf_counter() - start_time, 2),
         "world_size": info.world, "rank": info.rank,
-        "best_val_ari": best if best > -math.inf else None,
+        "best_val_ari": (best if best > -math.inf and cfg.train.select_by == "ari" else None),
+        "best_val": ({"metric": cfg.train.select_by, "value": best} if best > -math.inf
+                     else None),
         "ranks_max_weight_diff": _ranks_max_weight_diff(model, info),
         "final": rows[-1] if rows else {},
     }
