@@ -21,7 +21,8 @@ BACKBONES = ("small", "resnet18", "resnet34", "resnet50")
 PAIR_LOSSES = ("bce", "kcl", "mcl", "ae")
 DECODERS = ("gaec-kl", "average", "components", "exact")
 CONSISTENCY = ("joint", "forbid")
-SELECT_BY = ("ari", "exact_group_f1", "group_pq", "pair_f1", "cat_acc")
+# the val metrics training logs after each evaluation; train.select_by picks best.pt by one
+VAL_METRICS = ("cat_acc", "ari", "pair_f1", "exact_group_f1", "group_pq")
 
 
 @dataclass
@@ -117,8 +118,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # only on CUDA
     eval_every: int = 1  # epochs
-    # the val metric that picks best.pt (and so model.pt): ari | exact_group_f1 | group_pq |
-    # pair_f1 | cat_acc; on sets of many small groups ARI and the per-group metrics disagree
+    # the val metric that picks best.pt (and so model.pt), one of VAL_METRICS; on sets of many
+    # small groups ARI and the per-group metrics disagree
     select_by: str = "ari"
     save_every_steps: int = 0  # 0: at the end of every epoch only
     max_val_images: int = 0  # 0: the whole val set
@@ -148,7 +149,8 @@ def _check(cfg: Config) -> None:
         (cfg.decoder.consistency in CONSISTENCY,
          f"decoder.consistency must be one of {CONSISTENCY}"),
         (cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
-        (cfg.train.select_by in SELECT_BY, f"train.select_by must be one of {SELECT_BY}"),
+        (cfg.train.select_by in VAL_METRICS,
+         f"train.select_by must be one of {VAL_METRICS}"),
         (cfg.model.relation.layers >= 0, "model.relation.layers must be >= 0"),
         (cfg.model.relation.heads >= 1, "model.relation.heads must be >= 1"),
         (cfg.model.dim % cfg.model.relation.heads == 0,

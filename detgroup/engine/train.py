@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from detgroup.atomic import atomic_open, atomic_write_json, remove_stale_temp_files
-from detgroup.config import Config, config_to_dict, config_to_yaml
+from detgroup.config import VAL_METRICS, Config, config_to_dict, config_to_yaml
 from detgroup.data.dataset import GroupDataset, collate_groups
 from detgroup.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from detgroup.engine.evaluate import PostProcess, evaluate, move_batch
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 LOG_FIELDS = [
     "epoch", "step", "lr", "loss", "loss_cls", "loss_pair", "epoch_seconds",
-    "val_cat_acc", "val_ari", "val_pair_f1", "val_exact_group_f1", "val_group_pq",
+    *(f"val_{name}" for name in VAL_METRICS),
 ]
 
 
@@ -358,8 +358,7 @@ def train(
                     _unwrap(model), val_loader, num_classes=len(names), postprocess=postprocess,
                     device=device, progress=progress,
                 )
-                row.update({f"val_{k}": summary[k] for k in
-                            ("cat_acc", "ari", "pair_f1", "exact_group_f1", "group_pq")})
+                row.update({f"val_{k}": summary[k] for k in VAL_METRICS})
                 if writer is not None:
                     for k, v in row.items():
                         writer.add_scalar(f"epoch/{k}", v, epoch)
