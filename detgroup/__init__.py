@@ -23,6 +23,7 @@ __all__ = [
     "Grouper",
     "decode",
     "decode_sparse",
+    "neighbor_edges",
     "partition",
     "partition_sparse",
     "__version__",
@@ -34,6 +35,7 @@ _WHERE = {
     "Grouper": "detgroup.inference",
     "decode": "detgroup.decoder",
     "decode_sparse": "detgroup.decoder",
+    "neighbor_edges": "detgroup.decoder",
     "partition": "detgroup.decoder",
     "partition_sparse": "detgroup.decoder",
 }

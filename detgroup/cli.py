@@ -131,7 +131,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{cfg.category_names}"
         )
     post = PostProcess.from_config(cfg.decoder, method=args.method,
-                                   consistency=args.consistency, pair_bias=args.pair_bias)
+                                   consistency=args.consistency, pair_bias=args.pair_bias,
+                                   neighbors=args.neighbors)
     summary, per_image = evaluate(
         model, loader, num_classes=len(cfg.category_names), postprocess=post,
         device=torch.device(args.device), progress=True,
@@ -155,7 +156,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, images=args.images, out_dir=args.out, boxes=args.boxes,
         detector=args.detector, detector_arch=args.detector_arch,
         detector_score=args.detector_score, detector_classes=args.detector_classes,
-        device=args.device, method=args.method, overlays=not args.no_overlays,
+        device=args.device, method=args.method, neighbors=args.neighbors,
+        overlays=not args.no_overlays,
         heatmap=args.heatmap, resume=not args.no_resume,
     )
     print(f"{summary['images_done']} images grouped, {summary['images_skipped']} already done, "
@@ -191,6 +193,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --- parser -----------------------------------------------------------------------------------
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--method", choices=["gaec-kl", "average", "components", "exact"])
     p.add_argument("--consistency", choices=["joint", "forbid"])
+    p.add_argument("--neighbors", type=_non_negative_int, default=None,
+                   help="decode only the pairs among each box's k nearest boxes; 0: every pair "
+                        "(default: the checkpoint's decoder.neighbors)")
     p.add_argument("--pair-bias", type=float, default=None,
                    help="added to the pair logits before decoding (default: the checkpoint's "
                         "decoder.pair_bias)")
@@ -278,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default="cpu")
     p.add_argument("--method", choices=["gaec-kl", "average", "components", "exact"])
+    p.add_argument("--neighbors", type=_non_negative_int, default=None,
+                   help="decode only the pairs among each box's k nearest boxes; 0: every pair "
+                        "(default: the checkpoint's decoder.neighbors)")
     p.add_argument("--no-overlays", action="store_true")
     p.add_argument("--heatmap", action="store_true", help="add the affinity heat map to overlays")
     p.add_argument("--no-resume", action="store_true", help="redo images already done in OUT")

@@ -105,6 +105,11 @@ class DecoderConfig:
     # at train start, set pair_bias to -log(#negative / #positive pairs) of the training set
     # (logit adjustment, Menon et al. 2021) when the pair loss is the balanced "bce"
     calibrate: bool = False
+    # 0: decode on every pair of boxes. k > 0: only on the pairs among each box's k nearest
+    # boxes (detgroup.decoder.neighbor_edges; other pairs neutral), so groups grow through
+    # chains of neighbours. For layouts (FUNSD) where the pair head is sure about neighbours
+    # but not about the far members of a paragraph; wrong where position says nothing (Omniglot).
+    neighbors: int = 0
 
 
 @dataclass
@@ -148,6 +153,9 @@ def _check(cfg: Config) -> None:
         (cfg.decoder.method in DECODERS, f"decoder.method must be one of {DECODERS}"),
         (cfg.decoder.consistency in CONSISTENCY,
          f"decoder.consistency must be one of {CONSISTENCY}"),
+        (cfg.decoder.neighbors >= 0, "decoder.neighbors must be >= 0 (0: every pair)"),
+        (cfg.decoder.neighbors == 0 or cfg.decoder.method != "exact",
+         "decoder.method exact decodes every pair; use decoder.neighbors: 0 with it"),
         (cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
         (cfg.train.select_by in VAL_METRICS,
          f"train.select_by must be one of {VAL_METRICS}"),

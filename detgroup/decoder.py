@@ -60,6 +60,10 @@ nothing to the objective and counts as 0.5 in average linkage. Self loops are ig
 unordered pair listed more than once takes the mean of its logits. Clusters are split into the
 connected pieces of their listed inner edges at the end (this never lowers the objective), so
 every group of two or more boxes has listed inner pairs to score it by.
+``neighbor_edges(boxes, k)`` gives such a list: every box with its k nearest boxes by the gap
+between their edges. Decoding on it keeps only local evidence, which suits pair heads that are
+reliable for neighbouring boxes but not for far-apart members of one long group (a paragraph:
+its far words need not look alike; transitivity through neighbours joins them).
 
 Determinism and numbering
 -------------------------
@@ -108,6 +112,7 @@ __all__ = [
     "Partition",
     "decode",
     "decode_sparse",
+    "neighbor_edges",
     "objective",
     "partition",
     "partition_sparse",
@@ -286,6 +291,45 @@ def partition_sparse(
     """Categories int64 [N] and per-category group ids int64 [N]; see ``decode_sparse``."""
     result = decode_sparse(num_nodes, edges, edge_logits, class_logits, method, consistency, boxes)
     return result.categories, result.groups
+
+
+def neighbor_edges(boxes: np.ndarray, k: int) -> np.ndarray:
+    """The k-nearest-neighbour graph of boxes by the gap between their edges.
+
+    Parameters
+    ----------
+    boxes : np.ndarray
+        float [N, 4] (x1, y1, x2, y2).
+    k : int
+        Neighbours per box (>= 1); k >= N - 1 lists every pair.
+
+    Returns
+    -------
+    np.ndarray
+        int64 [E, 2] unique pairs (i, j), i < j, sorted: i and j are linked when j is among
+        the k nearest boxes of i or i among those of j. The distance is the length of the
+        shortest segment between the two rectangles (0 when they touch or overlap); ties go to
+        the lower index. O(N^2) time and memory, like the dense pair logits it is read from.
+    """
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise DetgroupError(f"k must be an int >= 1, got {k!r}")
+    b = _as_float_array(boxes, "boxes")
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise DetgroupError(f"boxes must have shape [N, 4] (xyxy), got {b.shape}")
+    _require_finite(b, "boxes")
+    n = b.shape[0]
+    if n < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    k = min(int(k), n - 1)
+    gap_x = np.maximum(b[:, None, 0], b[None, :, 0]) - np.minimum(b[:, None, 2], b[None, :, 2])
+    gap_y = np.maximum(b[:, None, 1], b[None, :, 1]) - np.minimum(b[:, None, 3], b[None, :, 3])
+    dist = np.hypot(np.maximum(gap_x, 0.0), np.maximum(gap_y, 0.0))  # [N, N]
+    np.fill_diagonal(dist, np.inf)
+    nearest = np.argsort(dist, axis=1, kind="stable")[:, :k]  # [N, k]
+    i = np.repeat(np.arange(n), k)
+    j = nearest.ravel()
+    pairs = np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1)
+    return np.unique(pairs, axis=0).astype(np.int64)
 
 
 def objective(

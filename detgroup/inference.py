@@ -96,23 +96,25 @@ class Grouper:
         device: str | torch.device = "cpu",
         method: str | None = None,
         consistency: str | None = None,
+        neighbors: int | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.cfg = cfg
         self.postprocess = PostProcess.from_config(cfg.decoder, method=method,
-                                                   consistency=consistency)
+                                                   consistency=consistency, neighbors=neighbors)
 
     @classmethod
     def from_checkpoint(
         cls, path: str | Path, *, device: str = "cpu", method: str | None = None,
-        consistency: str | None = None,
+        consistency: str | None = None, neighbors: int | None = None,
     ) -> Grouper:
         """Load a checkpoint written by ``detgroup train`` (the config travels inside)."""
         if device == "cuda" and not torch.cuda.is_available():
             raise DetgroupError("device=cuda but no CUDA device is available")
         model, cfg = load_model_from_checkpoint(path)
-        return cls(model, cfg, device=device, method=method, consistency=consistency)
+        return cls(model, cfg, device=device, method=method, consistency=consistency,
+                   neighbors=neighbors)
 
     @property
     def category_names(self) -> list[str]:

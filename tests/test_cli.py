@@ -60,6 +60,17 @@ def test_eval_json_summary(tiny_checkpoint: Path, tiny_data: Path,
                  "--images", str(tiny_data / "val/images"), "--json", "--pair-bias", "-1000"])
     assert code == 0
     assert _last_json(capsys.readouterr().out)["pair_recall"] == 0.0
+    # decoding on the 1-nearest-neighbour graph can only link neighbours
+    code = main(["eval", "--checkpoint", str(tiny_checkpoint),
+                 "--data", str(tiny_data / "val/annotations.json"),
+                 "--images", str(tiny_data / "val/images"), "--json", "--neighbors", "1"])
+    assert code == 0
+    assert 0.0 <= _last_json(capsys.readouterr().out)["exact_group_f1"] <= 1.0
+    with pytest.raises(SystemExit) as err:
+        main(["eval", "--checkpoint", str(tiny_checkpoint), "--data", "x", "--images", "y",
+              "--neighbors", "-2"])
+    assert err.value.code == 2
+    assert "integer >= 0" in capsys.readouterr().err
 
 
 def test_infer_writes_results_overlays_and_resumes(tiny_checkpoint: Path, tiny_data: Path,

@@ -33,6 +33,8 @@ def test_defaults_then_yaml_then_overrides(tmp_path: Path) -> None:
         (["data.box_jitter=-0.1"], "data.box_jitter must be in"),
         (["loss.pair_balance=boxes"], "loss.pair_balance must be pairs or groups"),
         (["train.select_by=loss"], "train.select_by must be one of"),
+        (["decoder.neighbors=-1"], "decoder.neighbors must be >= 0"),
+        (["decoder.neighbors=8", "decoder.method=exact"], "exact decodes every pair"),
     ],
 )
 def test_bad_values_name_the_key(overrides: list[str], message: str) -> None:

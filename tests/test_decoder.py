@@ -13,6 +13,7 @@ from detgroup.decoder import (
     Partition,
     decode,
     decode_sparse,
+    neighbor_edges,
     objective,
     partition,
     partition_sparse,
@@ -455,3 +456,68 @@ def test_postprocess_pair_bias_shifts_the_merge_decision() -> None:
     again = PostProcess.from_config(DecoderConfig(pair_bias=-2.0), pair_bias=0.0)(
         outputs, boxes, [7])[0]
     assert again.groups.tolist() == merged.groups.tolist()
+
+
+# ---------------------------------------------------------------------------- neighbour graph
+
+
+def test_neighbor_edges_measure_the_gap_between_edges_not_centres():
+    # box 1 is wide: its left edge is 1 px from box 0 although its centre is 51 px away;
+    # box 2 is small, 5 px from box 0, its centre 7.5 px away.
+    boxes = np.array([[0.0, 0, 10, 10], [11, 0, 111, 10], [0, 15, 10, 20]])
+    assert neighbor_edges(boxes, 1).tolist() == [[0, 1], [0, 2]]  # 2's nearest is 0 (gap 5)
+    # diagonal gap: the length of the shortest segment between the rectangles
+    corner = np.array([[0.0, 0, 1, 1], [4, 5, 6, 7], [1, 9, 2, 10]])
+    assert neighbor_edges(corner, 1).tolist() == [[0, 1], [1, 2]]  # hypot(3, 4) = 5 < 8
+
+
+def test_neighbor_edges_union_sorted_and_complete_when_k_is_large():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 100, size=(12, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 10, size=(12, 2))], axis=1)
+    edges = neighbor_edges(boxes, 3)
+    assert (edges[:, 0] < edges[:, 1]).all()
+    assert edges.tolist() == sorted(map(list, {tuple(e) for e in edges.tolist()}))
+    degree = np.bincount(edges.ravel(), minlength=12)
+    assert (degree >= 3).all()  # every box keeps its own 3 nearest
+    i, j = np.triu_indices(12, 1)
+    assert neighbor_edges(boxes, 11).tolist() == np.stack([i, j], 1).tolist()
+    assert neighbor_edges(boxes, 50).tolist() == np.stack([i, j], 1).tolist()
+    assert neighbor_edges(boxes[:1], 3).shape == (0, 2)
+
+
+@pytest.mark.parametrize(("boxes", "k", "message"), [
+    (np.zeros((3, 4)), 0, "k must be"),
+    (np.zeros((3, 4)), 1.5, "k must be"),
+    (np.zeros((3, 3)), 2, r"\[N, 4\]"),
+    (np.array([[0.0, 0, 1, np.nan]]), 2, "finite"),
+])
+def test_neighbor_edges_bad_input(boxes, k, message):
+    with pytest.raises(DetgroupError, match=message):
+        neighbor_edges(boxes, k)
+
+
+def test_postprocess_neighbors_keep_a_chain_whole():
+    """Six words in a row, neighbours sure (+3), far pairs mildly against (-1): every pair
+    splits the chain (two halves score 10 > 5 for the whole), the 1-nearest graph keeps it."""
+    import torch
+
+    from detgroup.config import DecoderConfig
+    from detgroup.engine.evaluate import PostProcess
+
+    n = 6
+    idx = np.arange(n)
+    pair = np.where(np.abs(idx[:, None] - idx[None, :]) == 1, 3.0, -1.0)
+    np.fill_diagonal(pair, 0.0)
+    outputs = {"pred_logits": torch.zeros(1, n, 2),
+               "pred_affinity": torch.tensor(pair, dtype=torch.float32)[None],
+               "pad_mask": torch.zeros(1, n, dtype=torch.bool)}
+    boxes = torch.tensor([[[12.0 * i, 0, 12 * i + 10, 10] for i in range(n)]])  # [1, 6, 4]
+    dense = PostProcess()(outputs, boxes, [1])[0]
+    assert len(set(dense.groups.tolist())) > 1
+    chained = PostProcess.from_config(DecoderConfig(neighbors=1))(outputs, boxes, [1])[0]
+    assert set(chained.groups.tolist()) == {0}
+    assert chained.affinity.shape == (n, n)  # the dense affinity is still reported
+    # with k >= N - 1 the graph lists every pair: the dense answer
+    again = PostProcess(neighbors=n)(outputs, boxes, [1])[0]
+    assert again.groups.tolist() == dense.groups.tolist()

@@ -88,7 +88,6 @@ from detgroup.config import Config, config_to_dict, load_config
 from detgroup.data.coco_groups import load_coco_groups
 from detgroup.data.dataset import GroupDataset, collate_groups
 from detgroup.data.synth import SynthConfig, generate_synthetic
-from detgroup.decoder import decode
 from detgroup.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
 from detgroup.engine.evaluate import PostProcess, evaluate, move_batch
 from detgroup.engine.train import train
@@ -500,15 +499,16 @@ def pair_bias(variant: str, spec: DatasetSpec, args: argparse.Namespace) -> floa
 
 
 def score_model(ckpt: Path, loader: DataLoader, num_classes: int,
-                device: torch.device, bias: float = 0.0
+                device: torch.device, bias: float = 0.0, neighbors: int = 0
                 ) -> tuple[dict[str, float], float, float, int]:
-    """Val metrics of a checkpoint decoded by DECODER with pair-logit bias ``bias``, inference
-    wall ms and CPU ms per image (see :class:`Row`), and its training epochs."""
+    """Val metrics of a checkpoint decoded by DECODER with pair-logit bias ``bias`` (on each
+    box's ``neighbors`` nearest boxes when > 0, else on every pair), inference wall ms and CPU
+    ms per image (see :class:`Row`), and its training epochs."""
     model, cfg = load_model_from_checkpoint(ckpt)
     cpu = time.process_time()
+    post = PostProcess(method=DECODER, pair_bias=bias, neighbors=neighbors)
     summary, _ = evaluate(model.to(device), loader, num_classes=num_classes,
-                          postprocess=PostProcess(method=DECODER, pair_bias=bias),
-                          device=device)
+                          postprocess=post, device=device)
     cpu_ms = 1000.0 * (time.process_time() - cpu) / max(summary["num_images"], 1)
     wall_ms = 1000.0 * (summary["model_seconds"] + summary["decode_seconds"])
     return summary, wall_ms, cpu_ms, cfg.train.epochs
@@ -682,17 +682,19 @@ def vote_row(method: str, tune_out: list[PerBoxOutputs], val_out: list[PerBoxOut
 
 
 def score_model_agnostic(ckpt: Path, loader: DataLoader, device: torch.device,
-                         bias: float = 0.0) -> dict[str, dict[str, float]]:
+                         bias: float = 0.0, neighbors: int = 0) -> dict[str, dict[str, float]]:
     """Metrics of a checkpoint with categories ignored (truth = the groups): ``"decoder"``, the
-    pair logits (plus ``bias``) alone decoded by DECODER; and for a cluster-assignment head
-    (KCL/MCL), ``"argmax"``: each box in its most probable cluster, L2C's own inference."""
+    pair logits (plus ``bias``) alone decoded by DECODER (on each box's ``neighbors`` nearest
+    boxes when > 0); and for a cluster-assignment head (KCL/MCL), ``"argmax"``: each box in its
+    most probable cluster, L2C's own inference."""
     outputs, _, _ = per_box_outputs(ckpt, loader, device)
+    post = PostProcess(method=DECODER, neighbors=neighbors)
     evaluator = GroupingEvaluator(num_classes=1)
     argmax = GroupingEvaluator(num_classes=1)
     for im in outputs:
         zeros = np.zeros(len(im.groups), dtype=np.int64)
         evaluator.update(zeros, im.groups, zeros,
-                         decode(im.affinity + bias, None, method=DECODER).groups)
+                         post.decode(im.affinity + bias, None, im.boxes).groups)
         if im.clusters is not None:
             argmax.update(zeros, im.groups, zeros, im.clusters)
     result = {"decoder": evaluator.summary()}
@@ -769,15 +771,25 @@ def run_dataset(
             continue
         ckpt, train_s, _ = trained[variant_of(method)]
         bias = pair_bias(variant_of(method), spec, args)
-        log.info("%s: scoring on val", method)
-        metrics, infer_ms, cpu_ms, epochs = score_model(ckpt, loader, num_classes, device, bias)
-        rows.append(Row(
-            key=method, family=METHODS[method].family, name=METHODS[method].name,
-            categories="own category head",
-            setting=f"{epochs} epochs, decoder {DECODER}, pair-logit bias {bias:+.3f}",
-            metrics=metrics, train_seconds=train_s, tune_seconds=None, infer_ms=infer_ms,
-            infer_cpu_ms=cpu_ms,
-        ))
+        neighbors = variant_config(variant_of(method), spec, args).decoder.neighbors
+        # with a k-nearest-neighbour decoder in the recipe, the full model is also decoded on
+        # every pair (a diagnostic row: what the sparse graph changes)
+        graphs = [neighbors] + ([0] if neighbors and method == "full" else [])
+        for k in graphs:
+            log.info("%s: scoring on val%s", method, f", {k} neighbours" if k else "")
+            metrics, infer_ms, cpu_ms, epochs = score_model(ckpt, loader, num_classes, device,
+                                                            bias, k)
+            graph = (f", on each box's {k} nearest boxes" if k
+                     else ", on every pair" if neighbors else "")
+            rows.append(Row(
+                key=method if k == neighbors else f"{method}_all_pairs",
+                family=METHODS[method].family,
+                name=METHODS[method].name + ("" if k == neighbors else ", decoded on every pair"),
+                categories="own category head",
+                setting=f"{epochs} epochs, decoder {DECODER}{graph}, pair-logit bias {bias:+.3f}",
+                metrics=metrics, train_seconds=train_s, tune_seconds=None, infer_ms=infer_ms,
+                infer_cpu_ms=cpu_ms,
+            ))
     order = list(FAMILIES)
     rows.sort(key=lambda r: (order.index(r.family), r.oracle))
 
@@ -799,16 +811,18 @@ def run_dataset(
                 continue
             ckpt = trained[variant_of(method)][0]
             bias = pair_bias(variant_of(method), spec, args)
+            neighbors = variant_config(variant_of(method), spec, args).decoder.neighbors
             log.info("%s: scoring on %s", method, split.name)
             if split.agnostic:
-                scores = score_model_agnostic(ckpt, split_loader, device, bias)
+                scores = score_model_agnostic(ckpt, split_loader, device, bias, neighbors)
                 metrics = scores["decoder"]
                 if "argmax" in scores:
                     extra.append({"split": split.name, "method": f"{method} (argmax of its "
                                   "assignment head, L2C's inference)",
                                   "metrics": scores["argmax"]})
             else:
-                metrics = score_model(ckpt, split_loader, num_classes, device, bias)[0]
+                metrics = score_model(ckpt, split_loader, num_classes, device, bias,
+                                      neighbors)[0]
             extra.append({"split": split.name, "method": method, "metrics": metrics})
     return rows, [v for v, (_, _, earlier) in trained.items() if earlier], extra
 

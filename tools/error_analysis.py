@@ -70,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="PNG of the worst image")
     ap.add_argument("--pair-bias", type=float, default=None,
                     help="added to the pair logits (default: the checkpoint's decoder.pair_bias)")
+    ap.add_argument("--neighbors", type=int, default=None,
+                    help="decode on each box's k nearest boxes, 0: every pair (default: the "
+                         "checkpoint's decoder.neighbors)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -78,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     dataset = GroupDataset(args.ann, args.images)
     names = dataset.category_names
     loader = DataLoader(dataset, batch_size=2, collate_fn=collate_groups)
-    post = PostProcess.from_config(cfg.decoder, pair_bias=args.pair_bias)
+    post = PostProcess.from_config(cfg.decoder, pair_bias=args.pair_bias,
+                                   neighbors=args.neighbors)
     confusion = np.zeros((len(names), len(names)), dtype=np.int64)
     fates: Counter[str] = Counter()
     per_image = []

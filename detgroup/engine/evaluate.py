@@ -13,7 +13,7 @@ from scipy.special import expit
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from detgroup.decoder import Partition, decode
+from detgroup.decoder import Partition, decode, decode_sparse, neighbor_edges
 from detgroup.metrics import GroupingEvaluator
 
 
@@ -41,19 +41,33 @@ class PostProcess:
     """Turns the model's batched logits into :class:`ImagePrediction` per image."""
 
     def __init__(self, *, method: str = "gaec-kl", consistency: str = "joint",
-                 pair_bias: float = 0.0) -> None:
+                 pair_bias: float = 0.0, neighbors: int = 0) -> None:
         self.method = method
         self.consistency = consistency
         self.pair_bias = pair_bias  # added to the pair logits (see DecoderConfig.pair_bias)
+        self.neighbors = neighbors  # 0: every pair; k: each box's k nearest (DecoderConfig)
 
     @classmethod
     def from_config(cls, decoder: Any, *, method: str | None = None,
-                    consistency: str | None = None, pair_bias: float | None = None
-                    ) -> PostProcess:
+                    consistency: str | None = None, pair_bias: float | None = None,
+                    neighbors: int | None = None) -> PostProcess:
         """From a :class:`~detgroup.config.DecoderConfig`, each field overridable."""
         return cls(method=method or decoder.method,
                    consistency=consistency or decoder.consistency,
-                   pair_bias=decoder.pair_bias if pair_bias is None else pair_bias)
+                   pair_bias=decoder.pair_bias if pair_bias is None else pair_bias,
+                   neighbors=decoder.neighbors if neighbors is None else neighbors)
+
+    def decode(self, pair_logits: np.ndarray, class_logits: np.ndarray, boxes: np.ndarray
+               ) -> Partition:
+        """Partition of one image: pair_logits [N, N] (bias added), class_logits [N, C],
+        boxes [N, 4] xyxy px; on the k-nearest-neighbour graph when ``neighbors`` > 0."""
+        if self.neighbors <= 0 or len(boxes) <= self.neighbors + 1:
+            return decode(pair_logits, class_logits, method=self.method,
+                          consistency=self.consistency, boxes=boxes)
+        edges = neighbor_edges(boxes, self.neighbors)  # [E, 2]
+        return decode_sparse(len(boxes), edges, pair_logits[edges[:, 0], edges[:, 1]],
+                             class_logits, method=self.method, consistency=self.consistency,
+                             boxes=boxes)
 
     @torch.no_grad()
     def __call__(
@@ -70,10 +84,7 @@ class PostProcess:
             pair_b = pair[b][np.ix_(keep, keep)]
             pair_b = (pair_b + pair_b.T) / 2  # exact symmetry for the decoder
             cls_b = logits[b][keep]
-            part = decode(
-                pair_b, cls_b, method=self.method, consistency=self.consistency,
-                boxes=boxes_np[b][keep],
-            )
+            part = self.decode(pair_b, cls_b, boxes_np[b][keep])
             probs = _softmax(cls_b)
             scores = probs[np.arange(len(keep)), part.categories] if len(keep) else np.zeros(0)
             results.append(

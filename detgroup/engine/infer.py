@@ -194,6 +194,7 @@ def run_inference(
     detector_classes: list[int] | None = None,
     device: str = "cpu",
     method: str | None = None,
+    neighbors: int | None = None,
     overlays: bool = True,
     heatmap: bool = False,
     resume: bool = True,
@@ -204,7 +205,8 @@ def run_inference(
     if (boxes is None) == (detector is None):
         raise DetgroupError("give exactly one of --boxes and --detector")
     files = list_images(images)
-    grouper = Grouper.from_checkpoint(checkpoint, device=device, method=method)
+    grouper = Grouper.from_checkpoint(checkpoint, device=device, method=method,
+                                      neighbors=neighbors)
     source = BoxSource(boxes) if boxes is not None else None
     det = (Detector(detector, arch=detector_arch, score=detector_score,
                     classes=detector_classes, device=device) if detector is not None else None)
