@@ -69,3 +69,37 @@ def test_benchmark_runs_layout_rules_and_the_model_on_a_tiny_set(tmp_path: Path)
 def test_benchmark_rejects_unknown_methods() -> None:
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--only", "nonsense"])
+
+
+def test_decoder_sweep_scores_every_k_and_the_chain_needs_neighbours() -> None:
+    import decoder_sweep
+
+    n = 6  # six words in a row, one entity: neighbours sure, far pairs mildly against
+    idx = np.arange(n)
+    pair = np.where(np.abs(idx[:, None] - idx[None, :]) == 1, 3.0, -1.0)
+    np.fill_diagonal(pair, 0.0)
+    im = benchmark.PerBoxOutputs(
+        logits=np.zeros((n, 2)), features=np.zeros((n, 4)), centres=np.zeros((n, 2)),
+        boxes=np.array([[12.0 * i, 0, 12 * i + 10, 10] for i in range(n)]),
+        categories=np.zeros(n, dtype=np.int64), groups=np.zeros(n, dtype=np.int64),
+        affinity=pair)
+    rows = decoder_sweep.sweep([im], 2, [0, 1, 2], [0.0, -5.0])
+    assert [(r["neighbors"], r["bias"]) for r in rows] == [
+        (0, 0.0), (1, 0.0), (2, 0.0), (0, -5.0), (1, -5.0), (2, -5.0)]
+    score = {(r["neighbors"], r["bias"]): r["exact_group_f1"] for r in rows}
+    assert score[(1, 0.0)] == 1.0 and score[(2, 0.0)] == 1.0  # the chain is kept whole
+    assert score[(0, 0.0)] == 0.0  # every pair: split
+    assert score[(1, -5.0)] == 0.0  # a bias that cuts every link
+
+
+def test_decoder_sweep_runs_on_a_checkpoint(tiny_checkpoint: Path, tiny_data: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import decoder_sweep
+
+    assert decoder_sweep.main([
+        "--checkpoint", str(tiny_checkpoint), "--ann", str(tiny_data / "val/annotations.json"),
+        "--images", str(tiny_data / "val/images"), "--neighbors", "0", "3", "--threads", "1",
+    ]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n| 0 |") == 1 and out.count("\n| 3 |") == 1
+    assert "best exact-entity F1: neighbors" in out
