@@ -205,6 +205,12 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _add_neighbors(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--neighbors", type=_non_negative_int, default=None,
+                   help="decode only the pairs among each box's k nearest boxes; 0: every pair "
+                        "(default: the checkpoint's decoder.neighbors)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="detgroup",
@@ -270,9 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--method", choices=["gaec-kl", "average", "components", "exact"])
     p.add_argument("--consistency", choices=["joint", "forbid"])
-    p.add_argument("--neighbors", type=_non_negative_int, default=None,
-                   help="decode only the pairs among each box's k nearest boxes; 0: every pair "
-                        "(default: the checkpoint's decoder.neighbors)")
+    _add_neighbors(p)
     p.add_argument("--pair-bias", type=float, default=None,
                    help="added to the pair logits before decoding (default: the checkpoint's "
                         "decoder.pair_bias)")
@@ -293,9 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default="cpu")
     p.add_argument("--method", choices=["gaec-kl", "average", "components", "exact"])
-    p.add_argument("--neighbors", type=_non_negative_int, default=None,
-                   help="decode only the pairs among each box's k nearest boxes; 0: every pair "
-                        "(default: the checkpoint's decoder.neighbors)")
+    _add_neighbors(p)
     p.add_argument("--no-overlays", action="store_true")
     p.add_argument("--heatmap", action="store_true", help="add the affinity heat map to overlays")
     p.add_argument("--no-resume", action="store_true", help="redo images already done in OUT")

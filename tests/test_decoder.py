@@ -521,3 +521,5 @@ def test_postprocess_neighbors_keep_a_chain_whole():
     # with k >= N - 1 the graph lists every pair: the dense answer
     again = PostProcess(neighbors=n)(outputs, boxes, [1])[0]
     assert again.groups.tolist() == dense.groups.tolist()
+    with pytest.raises(DetgroupError, match="exact.*every pair"):
+        PostProcess(method="exact", neighbors=3)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from detgroup.decoder import Partition, decode, decode_sparse, neighbor_edges
+from detgroup.errors import DetgroupError
 from detgroup.metrics import GroupingEvaluator
 
 
@@ -42,6 +43,9 @@ class PostProcess:
 
     def __init__(self, *, method: str = "gaec-kl", consistency: str = "joint",
                  pair_bias: float = 0.0, neighbors: int = 0) -> None:
+        if neighbors and method == "exact":
+            raise DetgroupError("decoder method 'exact' decodes every pair; it cannot be used "
+                                f"with neighbors={neighbors} (use neighbors 0)")
         self.method = method
         self.consistency = consistency
         self.pair_bias = pair_bias  # added to the pair logits (see DecoderConfig.pair_bias)
@@ -57,9 +61,9 @@ class PostProcess:
                    pair_bias=decoder.pair_bias if pair_bias is None else pair_bias,
                    neighbors=decoder.neighbors if neighbors is None else neighbors)
 
-    def decode(self, pair_logits: np.ndarray, class_logits: np.ndarray, boxes: np.ndarray
-               ) -> Partition:
-        """Partition of one image: pair_logits [N, N] (bias added), class_logits [N, C],
+    def decode(self, pair_logits: np.ndarray, class_logits: np.ndarray | None,
+               boxes: np.ndarray) -> Partition:
+        """Partition of one image: pair_logits [N, N] (bias added), class_logits [N, C] or None,
         boxes [N, 4] xyxy px; on the k-nearest-neighbour graph when ``neighbors`` > 0."""
         if self.neighbors <= 0 or len(boxes) <= self.neighbors + 1:
             return decode(pair_logits, class_logits, method=self.method,
