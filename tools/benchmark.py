@@ -490,12 +490,14 @@ def val_loader(spec: DatasetSpec) -> DataLoader:
                       collate_fn=collate_groups)
 
 
-def pair_bias(variant: str, spec: DatasetSpec, args: argparse.Namespace) -> float:
-    """The decoder's pair-logit bias for ``variant``: with ``decoder.calibrate`` in the recipe
-    and the balanced BCE pair loss, -log(#negative / #positive pairs) of the training set
-    (what training writes into new checkpoints); else the recipe's ``decoder.pair_bias``."""
-    return calibrated_pair_bias(variant_config(variant, spec, args),
-                                load_coco_groups(spec.train_ann))
+def decoder_settings(variant: str, spec: DatasetSpec, args: argparse.Namespace
+                     ) -> tuple[float, int]:
+    """The decoder's pair-logit bias and neighbour graph for ``variant``, from its recipe. The
+    bias: with ``decoder.calibrate`` and the balanced BCE pair loss, -log(#negative / #positive
+    pairs) of the training set (what training writes into new checkpoints); else the recipe's
+    ``decoder.pair_bias``. The graph: ``decoder.neighbors`` (0: every pair)."""
+    cfg = variant_config(variant, spec, args)
+    return calibrated_pair_bias(cfg, load_coco_groups(spec.train_ann)), cfg.decoder.neighbors
 
 
 def score_model(ckpt: Path, loader: DataLoader, num_classes: int,
@@ -770,8 +772,7 @@ def run_dataset(
         if METHODS[method].variant == "classifier":
             continue
         ckpt, train_s, _ = trained[variant_of(method)]
-        bias = pair_bias(variant_of(method), spec, args)
-        neighbors = variant_config(variant_of(method), spec, args).decoder.neighbors
+        bias, neighbors = decoder_settings(variant_of(method), spec, args)
         # with a k-nearest-neighbour decoder in the recipe, the full model is also decoded on
         # every pair (a diagnostic row: what the sparse graph changes)
         graphs = [neighbors] + ([0] if neighbors and method == "full" else [])
@@ -810,8 +811,7 @@ def run_dataset(
             if METHODS[method].variant == "classifier":
                 continue
             ckpt = trained[variant_of(method)][0]
-            bias = pair_bias(variant_of(method), spec, args)
-            neighbors = variant_config(variant_of(method), spec, args).decoder.neighbors
+            bias, neighbors = decoder_settings(variant_of(method), spec, args)
             log.info("%s: scoring on %s", method, split.name)
             if split.agnostic:
                 scores = score_model_agnostic(ckpt, split_loader, device, bias, neighbors)
