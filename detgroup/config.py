@@ -71,7 +71,10 @@ class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     relation: RelationConfig = field(default_factory=RelationConfig)
     dim: int = 128
-    roi_size: int = 7
+    roi_size: int = 7  # RoIAlign bins down a box (and across it when roi_width is 0)
+    # bins across a box; 0: roi_size (square). Words are 3..15x wider than tall: a square grid
+    # samples them coarsely across and repeats rows down (FUNSD uses 4 x 16)
+    roi_width: int = 0
     roi_canonical_scale: int = 224
     pair_hidden: int = 128
     num_clusters: int = 16  # assignment head size for the KCL/MCL losses
@@ -165,6 +168,7 @@ def _check(cfg: Config) -> None:
          "model.dim must be divisible by model.relation.heads"),
         (cfg.model.dim >= 8, "model.dim must be >= 8"),
         (cfg.model.roi_size >= 1, "model.roi_size must be >= 1"),
+        (cfg.model.roi_width >= 0, "model.roi_width must be >= 0 (0: square, roi_size)"),
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.train.lr > 0, "train.lr must be > 0"),

@@ -101,19 +101,24 @@ def test_zero_and_one_box(tiny_cfg: Config, n: int) -> None:
     total.backward()  # a batch without pairs still gives a usable graph
 
 
-def test_roi_features_equal_torchvision_roi_align() -> None:
+@pytest.mark.parametrize("roi_width", [0, 9])  # square 5 x 5, and 5 x 9 bins (down x across)
+def test_roi_features_equal_torchvision_roi_align(roi_width: int) -> None:
     backbone = build_backbone(name="small", width=16, out_channels=8)
     from detgroup.model.roi_extractor import RoITokenizer
 
-    tok = RoITokenizer(in_channels=8, featmap_names=["0", "1"], dim=16, roi_size=5)
+    tok = RoITokenizer(
+        in_channels=8, featmap_names=["0", "1"], dim=16, roi_size=5, roi_width=roi_width
+    )
     image = torch.rand(2, 3, 64, 80)
     feats = backbone(image)
     boxes = torch.stack([_boxes(4, 60, seed=0), _boxes(4, 60, seed=1)])  # small boxes: level 0
     pooled = tok.pooled(feats, boxes, (64, 80))
     indexed = torch.cat([torch.arange(2).repeat_interleave(4)[:, None].float(),
                          boxes.reshape(-1, 4)], dim=1)  # [K, 5]
-    direct = roi_align(feats["0"], indexed, output_size=5, spatial_scale=0.25, sampling_ratio=2)
+    direct = roi_align(feats["0"], indexed, output_size=(5, roi_width or 5), spatial_scale=0.25,
+                       sampling_ratio=2)
     torch.testing.assert_close(pooled, direct)
+    assert tok(feats, boxes, torch.tensor([[64, 80], [64, 80]]), (64, 80)).shape == (2, 4, 16)
 
 
 def test_pair_loss_ignores_padding_pairs() -> None:

@@ -94,6 +94,7 @@ def build_model(cfg: Config) -> GroupingModel:
         featmap_names=levels,
         dim=m.dim,
         roi_size=m.roi_size,
+        roi_width=m.roi_width,
         canonical_scale=m.roi_canonical_scale,
     )
     relation = RelationEncoder(

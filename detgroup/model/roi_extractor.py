@@ -13,7 +13,8 @@ from detgroup.ops.boxes import BOX_FEATURES, box_features
 class RoITokenizer(nn.Module):
     """Turn the boxes of a padded batch into tokens ``[B, N, D]``.
 
-    Appearance: ``torchvision.ops.MultiScaleRoIAlign`` (level chosen by box size), flattened and
+    Appearance: ``torchvision.ops.MultiScaleRoIAlign`` (level chosen by box size) on a grid of
+    ``roi_size`` x ``roi_width`` bins (down x across; ``roi_width=0``: square), flattened and
     projected by a two-layer MLP. Position: an MLP on :func:`box_features`, added.
     """
 
@@ -24,19 +25,21 @@ class RoITokenizer(nn.Module):
         featmap_names: list[str],
         dim: int,
         roi_size: int = 7,
+        roi_width: int = 0,
         sampling_ratio: int = 2,
         canonical_scale: int = 224,
     ) -> None:
         super().__init__()
+        width = roi_width or roi_size  # bins across; down is roi_size
         self.pool = MultiScaleRoIAlign(
             featmap_names,
-            output_size=roi_size,
+            output_size=(roi_size, width),
             sampling_ratio=sampling_ratio,
             canonical_scale=canonical_scale,
         )
         self.appearance = nn.Sequential(
             nn.Flatten(1),
-            nn.Linear(in_channels * roi_size * roi_size, dim * 2),
+            nn.Linear(in_channels * roi_size * width, dim * 2),
             nn.GELU(),
             nn.Linear(dim * 2, dim),
         )
@@ -45,7 +48,7 @@ class RoITokenizer(nn.Module):
 
     def pooled(self, features: OrderedDict[str, Tensor], boxes: Tensor, padded_hw: tuple[int, int]
                ) -> Tensor:
-        """RoIAlign output for every (padded) box: [B * N, C, roi, roi]."""
+        """RoIAlign output for every (padded) box: [B * N, C, roi_size, roi_width]."""
         batch = boxes.shape[0]
         return self.pool(features, list(boxes.unbind(0)), [padded_hw] * batch)
 
@@ -69,7 +72,7 @@ class RoITokenizer(nn.Module):
         batch, n = boxes.shape[:2]
         if n == 0:
             return boxes.new_zeros(batch, 0, self.norm.normalized_shape[0])
-        roi = self.pooled(features, boxes, padded_hw)  # [B * N, C, r, r]
+        roi = self.pooled(features, boxes, padded_hw)  # [B * N, C, roi_size, roi_width]
         tokens = self.appearance(roi).view(batch, n, -1)  # [B, N, D]
         tokens = tokens + self.position(box_features(boxes, image_sizes))
         return self.norm(tokens)
