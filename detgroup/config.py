@@ -75,6 +75,9 @@ class ModelConfig:
     # bins across a box; 0: roi_size (square). Words are 3..15x wider than tall: a square grid
     # samples them coarsely across and repeats rows down (FUNSD uses 4 x 16)
     roi_width: int = 0
+    # > 0: a second RoI grid on each box grown by roi_context x its height on every side (the
+    # rules, frames and blanks around a word), concatenated to the box's own; 0: the box only
+    roi_context: float = 0.0
     roi_canonical_scale: int = 224
     pair_hidden: int = 128
     num_clusters: int = 16  # assignment head size for the KCL/MCL losses
@@ -169,6 +172,7 @@ def _check(cfg: Config) -> None:
         (cfg.model.dim >= 8, "model.dim must be >= 8"),
         (cfg.model.roi_size >= 1, "model.roi_size must be >= 1"),
         (cfg.model.roi_width >= 0, "model.roi_width must be >= 0 (0: square, roi_size)"),
+        (cfg.model.roi_context >= 0, "model.roi_context must be >= 0 (0: the box only)"),
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.train.lr > 0, "train.lr must be > 0"),

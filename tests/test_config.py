@@ -35,6 +35,7 @@ def test_defaults_then_yaml_then_overrides(tmp_path: Path) -> None:
         (["train.select_by=loss"], "train.select_by must be one of"),
         (["decoder.neighbors=-1"], "decoder.neighbors must be >= 0"),
         (["model.roi_width=-4"], "model.roi_width must be >= 0"),
+        (["model.roi_context=-1"], "model.roi_context must be >= 0"),
         (["decoder.neighbors=8", "decoder.method=exact"], "exact decodes every pair"),
     ],
 )

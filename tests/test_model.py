@@ -121,6 +121,27 @@ def test_roi_features_equal_torchvision_roi_align(roi_width: int) -> None:
     assert tok(feats, boxes, torch.tensor([[64, 80], [64, 80]]), (64, 80)).shape == (2, 4, 16)
 
 
+def test_roi_context_pools_the_grown_box_beside_the_box() -> None:
+    from detgroup.model.roi_extractor import RoITokenizer
+
+    backbone = build_backbone(name="small", width=16, out_channels=8)
+    tok = RoITokenizer(in_channels=8, featmap_names=["0", "1"], dim=16, roi_size=3, roi_width=6,
+                       context=0.5)
+    assert tok.appearance[1].in_features == 2 * 8 * 3 * 6  # two grids of 8 channels
+    image = torch.rand(1, 3, 64, 80)
+    feats = backbone(image)
+    boxes = torch.tensor([[[10.0, 20.0, 40.0, 28.0], [50.0, 30.0, 70.0, 36.0]]])  # [1, 2, 4]
+    seen: list[torch.Tensor] = []
+    tok.appearance.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    tok(feats, boxes, torch.tensor([[64, 80]]), (64, 80))
+    grown = boxes + torch.tensor([[-4.0, -4.0, 4.0, 4.0], [-3.0, -3.0, 3.0, 3.0]])  # 0.5 x height
+    indexed = torch.cat([torch.zeros(2, 1), grown[0]], dim=1)  # [K, 5]
+    direct = roi_align(feats["0"], indexed, output_size=(3, 6), spatial_scale=0.25,
+                       sampling_ratio=2)  # [2, 8, 3, 6]
+    torch.testing.assert_close(seen[0][:, 8:], direct)  # channels 8..15: the surroundings
+    torch.testing.assert_close(seen[0][:, :8], tok.pooled(feats, boxes, (64, 80)))
+
+
 def test_pair_loss_ignores_padding_pairs() -> None:
     crit = GroupCriterion()
     logits = torch.randn(1, 4, 3)

@@ -95,6 +95,7 @@ def build_model(cfg: Config) -> GroupingModel:
         dim=m.dim,
         roi_size=m.roi_size,
         roi_width=m.roi_width,
+        context=m.roi_context,
         canonical_scale=m.roi_canonical_scale,
     )
     relation = RelationEncoder(

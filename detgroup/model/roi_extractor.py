@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
 from torch import Tensor, nn
 from torchvision.ops import MultiScaleRoIAlign
 
@@ -15,7 +16,10 @@ class RoITokenizer(nn.Module):
 
     Appearance: ``torchvision.ops.MultiScaleRoIAlign`` (level chosen by box size) on a grid of
     ``roi_size`` x ``roi_width`` bins (down x across; ``roi_width=0``: square), flattened and
-    projected by a two-layer MLP. Position: an MLP on :func:`box_features`, added.
+    projected by a two-layer MLP. With ``context > 0`` a second grid is pooled on the box grown by
+    ``context`` x its height on every side (what surrounds a word: the rule it is written on, the
+    frame of a field, the blank after a label) and concatenated to the first. Position: an MLP
+    on :func:`box_features`, added.
     """
 
     def __init__(
@@ -26,11 +30,14 @@ class RoITokenizer(nn.Module):
         dim: int,
         roi_size: int = 7,
         roi_width: int = 0,
+        context: float = 0.0,
         sampling_ratio: int = 2,
         canonical_scale: int = 224,
     ) -> None:
         super().__init__()
         width = roi_width or roi_size  # bins across; down is roi_size
+        self.context = context
+        pools = 2 if context > 0 else 1  # the box itself, and the box with its surroundings
         self.pool = MultiScaleRoIAlign(
             featmap_names,
             output_size=(roi_size, width),
@@ -39,7 +46,7 @@ class RoITokenizer(nn.Module):
         )
         self.appearance = nn.Sequential(
             nn.Flatten(1),
-            nn.Linear(in_channels * roi_size * width, dim * 2),
+            nn.Linear(pools * in_channels * roi_size * width, dim * 2),
             nn.GELU(),
             nn.Linear(dim * 2, dim),
         )
@@ -73,6 +80,10 @@ class RoITokenizer(nn.Module):
         if n == 0:
             return boxes.new_zeros(batch, 0, self.norm.normalized_shape[0])
         roi = self.pooled(features, boxes, padded_hw)  # [B * N, C, roi_size, roi_width]
+        if self.context > 0:
+            grow = (boxes[..., 3:4] - boxes[..., 1:2]).clamp(min=1.0) * self.context  # [B, N, 1]
+            around = boxes + torch.cat([-grow, -grow, grow, grow], dim=-1)  # [B, N, 4]
+            roi = torch.cat([roi, self.pooled(features, around, padded_hw)], dim=1)  # 2C channels
         tokens = self.appearance(roi).view(batch, n, -1)  # [B, N, D]
         tokens = tokens + self.position(box_features(boxes, image_sizes))
         return self.norm(tokens)
