@@ -43,10 +43,14 @@ def _checkpoint(root: Path, pair: str, *extra: str) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Random-init tiny models, one per pair head, and the pair head with layout features."""
+    """Random-init tiny models, one per pair head, the pair head with layout features, and the
+    word recipe's RoIs (a wide grid and a second grid on the surroundings)."""
     root = tmp_path_factory.mktemp("export")
     found = {pair: _checkpoint(root, pair) for pair in ("bce", "mcl", "ae")}
     found["bce_layout"] = _checkpoint(root, "bce", "model.pair_layout_features=true")
+    found["bce_word_roi"] = _checkpoint(root, "bce", "model.pair_layout_features=true",
+                                        "model.roi_size=3", "model.roi_width=6",
+                                        "model.roi_context=1.0")
     return found
 
 
@@ -72,7 +76,7 @@ def _check_against_eager(checkpoint: Path, path: Path, run) -> None:
             assert np.abs(g - e).max() <= 1e-4, (n, h, w)
 
 
-@pytest.mark.parametrize("pair", ["bce", "mcl", "ae", "bce_layout"])
+@pytest.mark.parametrize("pair", ["bce", "mcl", "ae", "bce_layout", "bce_word_roi"])
 def test_torchscript_matches_eager(checkpoints: dict[str, Path], tmp_path: Path,
                                    pair: str) -> None:
     out = tmp_path / "sub/model.ts"
@@ -84,7 +88,7 @@ def test_torchscript_matches_eager(checkpoints: dict[str, Path], tmp_path: Path,
     assert [p.name for p in out.parent.iterdir()] == ["model.ts"]  # no temporary file left
 
 
-@pytest.mark.parametrize("pair", ["bce", "bce_layout"])
+@pytest.mark.parametrize("pair", ["bce", "bce_layout", "bce_word_roi"])
 def test_onnx_matches_eager(checkpoints: dict[str, Path], tmp_path: Path, pair: str) -> None:
     pytest.importorskip("onnx", reason="ONNX export needs the 'export' extra (onnx)")
     ort = pytest.importorskip("onnxruntime", reason="checking ONNX needs the 'export' extra")
