@@ -72,8 +72,8 @@ class ModelConfig:
     relation: RelationConfig = field(default_factory=RelationConfig)
     dim: int = 128
     roi_size: int = 7  # RoIAlign bins down a box (and across it when roi_width is 0)
-    # bins across a box; 0: roi_size (square). Words are 3..15x wider than tall: a square grid
-    # samples them coarsely across and repeats rows down (FUNSD uses 4 x 16)
+    # bins across a box; 0: roi_size (square). For boxes much wider than tall, such as words
+    # (on FUNSD a 4 x 16 grid scored like 7 x 7: BENCHMARKS.md, v5)
     roi_width: int = 0
     # > 0: a second RoI grid on each box grown by roi_context x its height on every side (the
     # rules, frames and blanks around a word), concatenated to the box's own; 0: the box only
