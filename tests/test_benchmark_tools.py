@@ -103,3 +103,46 @@ def test_decoder_sweep_runs_on_a_checkpoint(tiny_checkpoint: Path, tiny_data: Pa
     out = capsys.readouterr().out
     assert out.count("\n| 0 |") == 1 and out.count("\n| 3 |") == 1
     assert "best exact-entity F1: neighbors" in out
+
+
+def test_paired_bootstrap_pools_like_the_evaluator_and_brackets_the_difference() -> None:
+    import paired_bootstrap as pb
+
+    from detgroup.metrics import GroupingEvaluator
+
+    rng = np.random.default_rng(0)
+    evaluator, counts = GroupingEvaluator(num_classes=3), []
+    for n in (5, 9, 1, 12):  # random images: the pooled F1 must be the evaluator's
+        truth = rng.integers(0, 3, n), rng.integers(0, 4, n)
+        pred = rng.integers(0, 3, n), rng.integers(0, 4, n)
+        evaluator.update(*truth, *pred)
+        counts.append(pb.exact_counts(*truth, *pred))
+    counts = np.array(counts)  # [4, 3]
+    assert pb.pooled_f1(counts) == pytest.approx(evaluator.summary()["exact_group_f1"])
+
+    same = pb.paired_bootstrap(counts, counts, draws=200)
+    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0, "share_not_ahead": 1.0}
+    better = counts.copy()
+    better[:, 0] = np.minimum(better[:, 1], better[:, 2])  # as many exact groups as possible
+    better[0, 0] = max(better[0, 0], counts[0, 0] + 1)  # and strictly more on one image
+    better[0, 1:] = np.maximum(better[0, 1:], better[0, 0])
+    r = pb.paired_bootstrap(better, counts, draws=500)
+    assert r["difference"] > 0 and r["low"] >= 0 and r["share_not_ahead"] < 0.5
+    with pytest.raises(ValueError, match="images > 0, 3"):
+        pb.paired_bootstrap(counts, counts[:2])
+
+
+def test_paired_bootstrap_runs_on_a_checkpoint(tiny_checkpoint: Path, tiny_data: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import paired_bootstrap as pb
+
+    assert pb.main([
+        "--checkpoint", str(tiny_checkpoint), "--rule-categories", str(tiny_checkpoint),
+        "--ann", str(tiny_data / "val/annotations.json"),
+        "--images", str(tiny_data / "val/images"), "--rule-gap", "1.0", "--rule-overlap", "0.5",
+        "--draws", "50", "--threads", "1",
+    ]) == 0
+    out = capsys.readouterr().out
+    for row in ("| model |", "| rule |", "| model, agnostic |", "| rule, model's categories | "):
+        assert row in out
+    assert out.count("] |") == 2  # two bootstrap intervals

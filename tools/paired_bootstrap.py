@@ -1,0 +1,130 @@
+"""Is a trained model's exact-group F1 really above the same-line rule's? A paired bootstrap.
+
+Runs the model once over a COCO-with-groups split and decodes it with its checkpoint's decoder
+settings (method, pair bias, neighbour graph); groups the same boxes with the same-line rule
+(:class:`detgroup.baselines.LineLinker`, thresholds given, e.g. those the benchmark tuned on
+train) whose groups take the category vote of a classifier checkpoint (``--rule-categories``,
+the benchmark's per-box ablation) and, as a second baseline, of the model's own category head.
+Then resamples the images with replacement (paired: both methods on the same draw) and prints
+the 95 % interval of the difference in pooled exact-group F1 and the share of draws where the
+model is not ahead. Also prints the model's category-agnostic exact-group F1 (every category
+set to one) next to the rule's.
+
+    python tools/paired_bootstrap.py --checkpoint runs/benchmark6/funsd/models/full/last.pt \\
+        --rule-categories runs/benchmark6/funsd/models/no_relation/last.pt \\
+        --ann runs/funsd_data/val/annotations.json --images runs/funsd_data/val/images \\
+        --rule-gap 0.796 --rule-overlap 0.7
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark import per_box_outputs, vote_categories  # noqa: E402
+
+from detgroup.baselines import LineLinker  # noqa: E402
+from detgroup.data.dataset import GroupDataset, collate_groups  # noqa: E402
+from detgroup.engine.checkpoint import load_checkpoint  # noqa: E402
+from detgroup.engine.evaluate import PostProcess  # noqa: E402
+from detgroup.metrics import image_metrics  # noqa: E402
+
+
+def exact_counts(gt_categories: np.ndarray, gt_groups: np.ndarray, pred_categories: np.ndarray,
+                 pred_groups: np.ndarray) -> tuple[int, int, int]:
+    """(exactly recovered groups, predicted groups, true groups) of one image, from
+    :func:`detgroup.metrics.image_metrics` (a group is its (category, group id) pair)."""
+    m = image_metrics(gt_categories, gt_groups, pred_categories, pred_groups)
+    return int(m["exact_group_tp"]), int(m["num_pred_groups"]), int(m["num_gt_groups"])
+
+
+def pooled_f1(counts: np.ndarray) -> np.ndarray:
+    """Exact-group F1 pooled over images: counts [..., images, 3] -> [...]."""
+    found, pred, true = counts[..., 0].sum(-1), counts[..., 1].sum(-1), counts[..., 2].sum(-1)
+    return 2 * found / np.maximum(pred + true, 1)
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, draws: int = 10000, seed: int = 0
+                     ) -> dict[str, float]:
+    """Pooled exact-group F1 of ``a`` minus ``b`` (per-image counts [images, 3] each, same
+    images in the same order) and its bootstrap over images: ``difference``, ``low``, ``high``
+    (2.5 / 97.5 percentiles) and ``share_not_ahead`` (draws where a - b <= 0)."""
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] != 3 or len(a) == 0:
+        raise ValueError(f"counts must both be [images > 0, 3], got {a.shape} and {b.shape}")
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(draws, len(a)))  # [draws, I]
+    diff = pooled_f1(a[idx]) - pooled_f1(b[idx])  # [draws]
+    low, high = np.percentile(diff, [2.5, 97.5])
+    return {"difference": float(pooled_f1(a) - pooled_f1(b)), "low": float(low),
+            "high": float(high), "share_not_ahead": float((diff <= 0).mean())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", type=Path, required=True, help="the model to test")
+    ap.add_argument("--rule-categories", type=Path, required=True,
+                    help="checkpoint whose category head votes the rule's groups' categories")
+    ap.add_argument("--ann", type=Path, required=True, help="COCO-with-groups file")
+    ap.add_argument("--images", type=Path, required=True)
+    ap.add_argument("--rule-gap", type=float, required=True,
+                    help="LineLinker max_gap (x mean box height)")
+    ap.add_argument("--rule-overlap", type=float, required=True,
+                    help="LineLinker min_overlap (of the smaller height)")
+    ap.add_argument("--draws", type=int, default=10000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    if args.draws < 1:
+        ap.error("--draws must be >= 1")
+    torch.set_num_threads(args.threads)
+    decoder = load_checkpoint(args.checkpoint)["config"]["decoder"]
+    post = PostProcess(method=decoder["method"], consistency=decoder["consistency"],
+                       neighbors=int(decoder["neighbors"]))
+    bias = float(decoder["pair_bias"])
+    loader = DataLoader(GroupDataset(args.ann, args.images), batch_size=8,
+                        collate_fn=collate_groups)
+    model = per_box_outputs(args.checkpoint, loader, torch.device("cpu"))[0]
+    classifier = per_box_outputs(args.rule_categories, loader, torch.device("cpu"))[0]
+    if not model:
+        raise SystemExit(f"{args.ann}: no images")
+    rule = LineLinker(max_gap=args.rule_gap, min_overlap=args.rule_overlap)
+    rows: dict[str, list[tuple[int, int, int]]] = {
+        "model": [], "rule": [], "rule, model's categories": [], "model, agnostic": [],
+        "rule, agnostic": []}
+    for im, cl in zip(model, classifier, strict=True):
+        pair = im.affinity + bias  # [N, N]
+        part = post.decode((pair + pair.T) / 2, im.logits, im.boxes)
+        rows["model"].append(exact_counts(im.categories, im.groups, part.categories,
+                                          part.groups))
+        groups = rule(im.boxes)  # [N]
+        rows["rule"].append(exact_counts(im.categories, im.groups,
+                                         vote_categories(cl.logits, groups), groups))
+        rows["rule, model's categories"].append(exact_counts(
+            im.categories, im.groups, vote_categories(im.logits, groups), groups))
+        zeros = np.zeros(len(im.groups), dtype=np.int64)
+        agnostic = post.decode((pair + pair.T) / 2, None, im.boxes)
+        rows["model, agnostic"].append(exact_counts(zeros, im.groups, zeros, agnostic.groups))
+        rows["rule, agnostic"].append(exact_counts(zeros, im.groups, zeros, groups))
+    counts = {k: np.array(v, dtype=np.int64) for k, v in rows.items()}  # each [images, 3]
+    print(f"{args.checkpoint} on {args.ann} ({len(model)} images), {post.method}, "
+          f"{post.neighbors} neighbours, pair bias {bias:+.3f}; rule gap <= {args.rule_gap} x "
+          f"height, overlap >= {args.rule_overlap}, categories of {args.rule_categories}\n")
+    print("| method | exact-group F1 |\n|---|---|")
+    for name, c in counts.items():
+        print(f"| {name} | {pooled_f1(c):.3f} |")
+    print(f"\n| model minus | difference | 95 % interval ({args.draws} draws over images) "
+          "| share of draws not ahead |\n|---|---|---|---|")
+    for base in ("rule", "rule, model's categories"):
+        r = paired_bootstrap(counts["model"], counts[base], args.draws, args.seed)
+        print(f"| {base} | {r['difference']:+.3f} | [{r['low']:+.3f}, {r['high']:+.3f}] "
+              f"| {r['share_not_ahead']:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
