@@ -232,7 +232,8 @@ class PerBoxOutputs:
 
     ``logits`` [N, C]; ``features`` [N, D]; ``centres`` [N, 2] (fractions of the image size);
     ``boxes`` [N, 4] xyxy px; ``categories``, ``groups`` [N] ground truth; ``affinity`` [N, N]
-    the pair logits; ``clusters`` [N] the argmax of a KCL/MCL assignment head (else None).
+    the pair logits, symmetrised ((a + a.T) / 2, what the decoder takes); ``clusters`` [N] the
+    argmax of a KCL/MCL assignment head (else None).
     """
 
     logits: np.ndarray

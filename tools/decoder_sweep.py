@@ -38,8 +38,8 @@ def sweep(outputs: list, num_classes: int, neighbors: list[int], biases: list[fl
             post = PostProcess(method=method, neighbors=k)
             evaluator = GroupingEvaluator(num_classes=num_classes)
             for im in outputs:
-                pair = im.affinity + bias  # [N, N]
-                part = post.decode((pair + pair.T) / 2, im.logits, im.boxes)
+                pair = im.affinity + bias  # [N, N], symmetric as per_box_outputs gives it
+                part = post.decode(pair, im.logits, im.boxes)
                 evaluator.update(im.categories, im.groups, part.categories, part.groups)
             summary = evaluator.summary()
             rows.append({"neighbors": k, "bias": bias, **{c: summary[c] for c in COLUMNS}})

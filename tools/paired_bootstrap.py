@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": [], "rule": [], "rule, model's categories": [], "model, agnostic": [],
         "rule, agnostic": []}
     for im, cl in zip(model, classifier, strict=True):
-        pair = im.affinity + bias  # [N, N]
-        part = post.decode((pair + pair.T) / 2, im.logits, im.boxes)
+        pair = im.affinity + bias  # [N, N], symmetric (per_box_outputs averages both ways)
+        part = post.decode(pair, im.logits, im.boxes)
         rows["model"].append(exact_counts(im.categories, im.groups, part.categories,
                                           part.groups))
         groups = rule(im.boxes)  # [N]
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         rows["rule, model's categories"].append(exact_counts(
             im.categories, im.groups, vote_categories(im.logits, groups), groups))
         zeros = np.zeros(len(im.groups), dtype=np.int64)
-        agnostic = post.decode((pair + pair.T) / 2, None, im.boxes)
+        agnostic = post.decode(pair, None, im.boxes)
         rows["model, agnostic"].append(exact_counts(zeros, im.groups, zeros, agnostic.groups))
         rows["rule, agnostic"].append(exact_counts(zeros, im.groups, zeros, groups))
     counts = {k: np.array(v, dtype=np.int64) for k, v in rows.items()}  # each [images, 3]
