@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import per_box_outputs, vote_categories  # noqa: E402
 
 from detgroup.baselines import LineLinker  # noqa: E402
+from detgroup.config import config_from_dict  # noqa: E402
 from detgroup.data.dataset import GroupDataset, collate_groups  # noqa: E402
 from detgroup.engine.checkpoint import load_checkpoint  # noqa: E402
 from detgroup.engine.evaluate import PostProcess  # noqa: E402
@@ -82,10 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.draws < 1:
         ap.error("--draws must be >= 1")
     torch.set_num_threads(args.threads)
-    decoder = load_checkpoint(args.checkpoint)["config"]["decoder"]
-    post = PostProcess(method=decoder["method"], consistency=decoder["consistency"],
-                       neighbors=int(decoder["neighbors"]))
-    bias = float(decoder["pair_bias"])
+    post = PostProcess.from_config(
+        config_from_dict(load_checkpoint(args.checkpoint)["config"]).decoder)
+    bias = post.pair_bias  # decode() takes the logits with it added
     loader = DataLoader(GroupDataset(args.ann, args.images), batch_size=8,
                         collate_fn=collate_groups)
     model = per_box_outputs(args.checkpoint, loader, torch.device("cpu"))[0]
