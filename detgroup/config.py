@@ -39,10 +39,12 @@ class DataConfig:
     hflip_prob: float = 0.5
     # training augmentation, each drawn per image: the image and its boxes are rescaled by a
     # factor in [1 - scale_jitter, 1 + scale_jitter]; every box side moves by up to
-    # box_jitter x the box's height; brightness and contrast change by up to +-photometric
+    # box_jitter x the box's height; brightness and contrast change by up to +-photometric;
+    # each box is left out with probability box_dropout (a missed detection: its pixels stay)
     scale_jitter: float = 0.0
     box_jitter: float = 0.0
     photometric: float = 0.0
+    box_dropout: float = 0.0
 
 
 @dataclass
@@ -180,6 +182,7 @@ def _check(cfg: Config) -> None:
         (0.0 <= cfg.data.scale_jitter < 1.0, "data.scale_jitter must be in [0, 1)"),
         (0.0 <= cfg.data.box_jitter < 0.5, "data.box_jitter must be in [0, 0.5)"),
         (0.0 <= cfg.data.photometric < 1.0, "data.photometric must be in [0, 1)"),
+        (0.0 <= cfg.data.box_dropout < 1.0, "data.box_dropout must be in [0, 1)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -231,3 +231,37 @@ def test_scale_and_box_jitter_keep_boxes_on_their_pixels(tmp_path: Path) -> None
             assert inside > gray.mean() + 0.2  # the box still sits on its bright patch
         assert torch.equal(item["categories"], plain["categories"])
     assert len(sizes) > 1  # the scale is drawn anew each epoch
+
+
+def test_box_dropout_leaves_out_boxes_and_keeps_their_labels(tmp_path: Path) -> None:
+    """Each box keeps its own category and its group partners; groups stay dense; the draw is
+    fixed by (seed, epoch, index); a one-box image keeps its box; 0 changes nothing."""
+    (tmp_path / "img").mkdir()
+    cv2.imwrite(str(tmp_path / "img/a.png"), np.full((100, 100, 3), 100, np.uint8))
+    cv2.imwrite(str(tmp_path / "img/b.png"), np.full((32, 32, 3), 100, np.uint8))
+    anns = [{"id": i + 1, "image_id": 1, "category_id": 1 + (i // 5) % 2,
+             "bbox": [(i % 10) * 10, (i // 10) * 20, 8, 8], "group_id": i // 5} for i in range(40)]
+    anns.append({"id": 99, "image_id": 2, "category_id": 1, "bbox": [0, 0, 8, 8], "group_id": 1})
+    data = {"images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 100},
+                       {"id": 2, "file_name": "b.png", "width": 32, "height": 32}],
+            "categories": GOOD["categories"], "annotations": anns}
+    write_coco_groups(tmp_path / "ann.json", data)
+    plain = GroupDataset(tmp_path / "ann.json", tmp_path / "img")[0]
+    ds = GroupDataset(tmp_path / "ann.json", tmp_path / "img", box_dropout=0.3, seed=2)
+    kept_counts = []
+    for epoch in range(5):
+        ds.set_epoch(epoch)
+        item = ds[0]
+        torch.testing.assert_close(item["boxes"], ds[0]["boxes"])  # same draw for (epoch, index)
+        # every kept box is one of the original boxes, with its category and group partners
+        rows = [plain["boxes"].tolist().index(b) for b in item["boxes"].tolist()]
+        assert torch.equal(item["categories"], plain["categories"][rows])
+        same = item["groups"][:, None] == item["groups"][None, :]
+        assert torch.equal(same, plain["groups"][rows][:, None] == plain["groups"][rows][None, :])
+        assert item["groups"].unique().tolist() == list(range(int(item["groups"].max()) + 1))
+        kept_counts.append(len(rows))
+        assert len(ds[1]["boxes"]) == 1  # never empties an image
+    assert len(set(kept_counts)) > 1  # drawn anew each epoch
+    assert 0.5 < np.mean(kept_counts) / 40 < 0.9  # about 70 % kept
+    unchanged = GroupDataset(tmp_path / "ann.json", tmp_path / "img", box_dropout=0.0, seed=2)[0]
+    torch.testing.assert_close(unchanged["boxes"], plain["boxes"])

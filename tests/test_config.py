@@ -31,6 +31,7 @@ def test_defaults_then_yaml_then_overrides(tmp_path: Path) -> None:
         (["train.epochs"], "not of the form key=value"),
         (["data.scale_jitter=1.5"], "data.scale_jitter must be in"),
         (["data.box_jitter=-0.1"], "data.box_jitter must be in"),
+        (["data.box_dropout=1.0"], "data.box_dropout must be in"),
         (["loss.pair_balance=boxes"], "loss.pair_balance must be pairs or groups"),
         (["train.select_by=loss"], "train.select_by must be one of"),
         (["decoder.neighbors=-1"], "decoder.neighbors must be >= 0"),

@@ -28,6 +28,8 @@ class GroupDataset(Dataset):
         scale_jitter: rescale image and boxes by a factor in [1 - s, 1 + s] (augmentation).
         box_jitter: move every box side by up to this fraction of the box height.
         photometric: change brightness and contrast by up to this fraction.
+        box_dropout: leave out each box with this probability (its pixels stay in the image;
+            at least one box is kept); the remaining groups are renumbered densely.
         seed: seed of the augmentation generator (with the epoch and the item index, so any
             worker order gives the same draws).
     """
@@ -41,6 +43,7 @@ class GroupDataset(Dataset):
         scale_jitter: float = 0.0,
         box_jitter: float = 0.0,
         photometric: float = 0.0,
+        box_dropout: float = 0.0,
         seed: int = 0,
     ) -> None:
         self.coco = ann if isinstance(ann, CocoGroups) else load_coco_groups(ann)
@@ -49,6 +52,7 @@ class GroupDataset(Dataset):
         self.scale_jitter = scale_jitter
         self.box_jitter = box_jitter
         self.photometric = photometric
+        self.box_dropout = box_dropout
         self.seed = seed
         self.epoch = 0
 
@@ -87,11 +91,19 @@ class GroupDataset(Dataset):
             contrast, brightness = 1 + rng.uniform(-1, 1, size=2) * self.photometric
             mean = image.mean()
             image = ((image - mean) * contrast + mean * brightness).clamp_(0, 1)
+        categories, groups = target["categories"], target["groups"]  # [N], [N]
+        if self.box_dropout > 0 and len(boxes) > 1:
+            # drawn last, so that a recipe without it keeps its other draws
+            keep = rng.random(len(boxes)) >= self.box_dropout  # [N]
+            if not keep.any():
+                keep[rng.integers(len(boxes))] = True
+            boxes, categories = boxes[keep], categories[keep]
+            groups = np.unique(groups[keep], return_inverse=True)[1].reshape(-1)
         return {
             "image": image,
             "boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            "categories": torch.from_numpy(target["categories"]),
-            "groups": torch.from_numpy(target["groups"]),
+            "categories": torch.as_tensor(categories, dtype=torch.int64),
+            "groups": torch.as_tensor(groups, dtype=torch.int64),
             "image_id": int(info["id"]),
         }
 

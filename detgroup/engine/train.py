@@ -157,7 +157,8 @@ def build_loaders(cfg: Config) -> tuple[GroupDataset, GroupDataset]:
     train_set = GroupDataset(
         cfg.data.train_ann, cfg.data.train_images, hflip_prob=cfg.data.hflip_prob,
         scale_jitter=cfg.data.scale_jitter, box_jitter=cfg.data.box_jitter,
-        photometric=cfg.data.photometric, seed=cfg.train.seed,
+        photometric=cfg.data.photometric, box_dropout=cfg.data.box_dropout,
+        seed=cfg.train.seed,
     )
     val_set = GroupDataset(cfg.data.val_ann, cfg.data.val_images)
     if train_set.category_names != val_set.category_names:
