@@ -84,7 +84,7 @@ from detgroup.baselines import (
     scene_groups,
     tune,
 )
-from detgroup.config import Config, config_to_dict, load_config
+from detgroup.config import Config, config_from_dict, config_to_dict, load_config
 from detgroup.data.coco_groups import load_coco_groups
 from detgroup.data.dataset import GroupDataset, collate_groups
 from detgroup.data.synth import SynthConfig, generate_synthetic
@@ -464,7 +464,9 @@ def train_or_reuse(
         for name in ("model.pt", "last.pt") if base == args.out else ("model.pt",):
             if not (found / name).is_file():
                 continue
-            if _recipe(load_checkpoint(found / name)["config"]) != wanted:
+            # through the schema, so that keys added since the checkpoint take their defaults
+            trained = config_to_dict(config_from_dict(load_checkpoint(found / name)["config"]))
+            if _recipe(trained) != wanted:
                 raise SystemExit(f"{found / name}: trained with another recipe than this run's "
                                  f"(e.g. --epochs, --set); use another --out")
             if name == "model.pt":
