@@ -260,8 +260,13 @@ def test_box_dropout_leaves_out_boxes_and_keeps_their_labels(tmp_path: Path) -> 
         assert torch.equal(same, plain["groups"][rows][:, None] == plain["groups"][rows][None, :])
         assert item["groups"].unique().tolist() == list(range(int(item["groups"].max()) + 1))
         kept_counts.append(len(rows))
-        assert len(ds[1]["boxes"]) == 1  # never empties an image
+        assert len(ds[1]["boxes"]) == 1  # a one-box image keeps its box
     assert len(set(kept_counts)) > 1  # drawn anew each epoch
     assert 0.5 < np.mean(kept_counts) / 40 < 0.9  # about 70 % kept
+    # when every box of an image is drawn out, one of them stays
+    almost_all = GroupDataset(tmp_path / "ann.json", tmp_path / "img", box_dropout=0.999)
+    for epoch in range(3):
+        almost_all.set_epoch(epoch)
+        assert len(almost_all[0]["boxes"]) == 1
     unchanged = GroupDataset(tmp_path / "ann.json", tmp_path / "img", box_dropout=0.0, seed=2)[0]
     torch.testing.assert_close(unchanged["boxes"], plain["boxes"])
