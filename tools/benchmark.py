@@ -84,11 +84,15 @@ from detgroup.baselines import (
     scene_groups,
     tune,
 )
-from detgroup.config import Config, config_from_dict, config_to_dict, load_config
+from detgroup.config import Config, config_to_dict, load_config
 from detgroup.data.coco_groups import load_coco_groups
 from detgroup.data.dataset import GroupDataset, collate_groups
 from detgroup.data.synth import SynthConfig, generate_synthetic
-from detgroup.engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+from detgroup.engine.checkpoint import (
+    checkpoint_config,
+    load_checkpoint,
+    load_model_from_checkpoint,
+)
 from detgroup.engine.evaluate import PostProcess, evaluate, move_batch
 from detgroup.engine.train import train
 from detgroup.losses import calibrated_pair_bias
@@ -462,15 +466,16 @@ def train_or_reuse(
     for base in ([args.reuse] if args.reuse is not None else []) + [args.out]:
         found = base / spec.key / "models" / variant
         for name in ("model.pt", "last.pt") if base == args.out else ("model.pt",):
-            if not (found / name).is_file():
+            path = found / name
+            if not path.is_file():
                 continue
             # through the schema, so that keys added since the checkpoint take their defaults
-            trained = config_to_dict(config_from_dict(load_checkpoint(found / name)["config"]))
+            trained = config_to_dict(checkpoint_config(load_checkpoint(path), path))
             if _recipe(trained) != wanted:
-                raise SystemExit(f"{found / name}: trained with another recipe than this run's "
+                raise SystemExit(f"{path}: trained with another recipe than this run's "
                                  f"(e.g. --epochs, --set); use another --out")
             if name == "model.pt":
-                log.info("%s: reusing %s", variant, found / name)
+                log.info("%s: reusing %s", variant, path)
                 return final_weights(found), training_seconds(found), True
     resume = (run / "last.pt").is_file()
     log.info("%s: %s %d epochs in %s", variant, "resuming" if resume else "training",

@@ -30,9 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import per_box_outputs, vote_categories  # noqa: E402
 
 from detgroup.baselines import LineLinker  # noqa: E402
-from detgroup.config import config_from_dict  # noqa: E402
 from detgroup.data.dataset import GroupDataset, collate_groups  # noqa: E402
-from detgroup.engine.checkpoint import load_checkpoint  # noqa: E402
+from detgroup.engine.checkpoint import checkpoint_config, load_checkpoint  # noqa: E402
 from detgroup.engine.evaluate import PostProcess  # noqa: E402
 from detgroup.metrics import image_metrics  # noqa: E402
 
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--draws must be >= 1")
     torch.set_num_threads(args.threads)
     post = PostProcess.from_config(
-        config_from_dict(load_checkpoint(args.checkpoint)["config"]).decoder)
+        checkpoint_config(load_checkpoint(args.checkpoint), args.checkpoint).decoder)
     bias = post.pair_bias  # decode() takes the logits with it added
     loader = DataLoader(GroupDataset(args.ann, args.images), batch_size=8,
                         collate_fn=collate_groups)
