@@ -307,3 +307,17 @@ def test_report_renders_in_headless_chromium(tiny_data: Path, tmp_path: Path) ->
     run = _chromium(f"--screenshot={tmp_path / 'page.png'}", page.as_uri(), tmp=tmp_path)
     assert run.returncode == 0 and _console(run.stderr) == []
 
+
+
+def test_demo_writes_the_report_and_comparisons(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "synth.num_train=8", "synth.num_val=4",
+                 "synth.image_size=128"]) == 0
+    printed = capsys.readouterr().out
+    assert str(out / "report" / "index.html") in printed
+    data = read_report(out / "report")
+    assert len(data["images"]) == 4
+    assert len(list((out / "report" / "pages").glob("*.html"))) == 4
+    assert len(list((out / "compare").glob("*.png"))) == 4
+    assert not (out / "truth").exists()
