@@ -852,15 +852,20 @@ def comparison_panels(image: np.ndarray, gt_boxes: np.ndarray, gt_categories: np
 
 def draw_comparison(image: np.ndarray, gt_boxes: np.ndarray, gt_categories: np.ndarray,
                     gt_groups: np.ndarray, pred_categories: np.ndarray, pred_groups: np.ndarray,
-                    category_names: list[str], *, title: str | None = None,
-                    **kwargs: object) -> np.ndarray:
+                    category_names: list[str], *, pred_boxes: np.ndarray | None = None,
+                    group_scores: dict[tuple[int, int], float] | None = None,
+                    affinity: np.ndarray | None = None, min_side: int = 512,
+                    legend: bool = True, comparison: Comparison | None = None,
+                    title: str | None = None) -> np.ndarray:
     """Truth | prediction side by side in one uint8 RGB image, groups matched (module doc).
 
-    Arguments as in `comparison_panels` (its keyword arguments pass through); ``title`` goes
-    into the header (``ground truth: TITLE``).
+    Arguments as in `comparison_panels`; ``title`` goes into the header
+    (``ground truth: TITLE``).
     """
     truth, pred = comparison_panels(image, gt_boxes, gt_categories, gt_groups, pred_categories,
-                                    pred_groups, category_names, **kwargs)  # type: ignore[arg-type]
+                                    pred_groups, category_names, pred_boxes=pred_boxes,
+                                    group_scores=group_scores, affinity=affinity,
+                                    min_side=min_side, legend=legend, comparison=comparison)
     left = "ground truth" if not title else f"ground truth: {title}"
     return side_by_side(truth, pred, labels=(left, "prediction"))
 
