@@ -153,10 +153,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     if args.per_image:
         atomic_write_json(args.per_image, per_image, indent=1)
-    if report is not None:
-        print(f"report -> {report.write(args.report, summary)}")
+    index = None if report is None else report.write(args.report, summary)
     print(f"{args.data}: {summary['num_images']} images, {summary['num_boxes']} boxes")
     _print_table([(k, v) for k, v in summary.items() if k not in ("num_images", "num_boxes")])
+    if index is not None:
+        print(f"report -> {index}")
     if args.json:
         _print_json_last(summary)
     return 0

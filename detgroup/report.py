@@ -387,10 +387,12 @@ group, <b class="badge">C</b> wrong category.</p>
         names = self.category_names
         meta = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                        for k, v in [*self.meta,
-                                    ("images", str(summary.get("num_images", len(rows)))),
-                                    ("boxes", str(summary.get("num_boxes", "")))])
+                                    ("evaluated", f"{summary.get('num_images', len(rows))} "
+                                                  f"images, {summary.get('num_boxes', '?')} "
+                                                  "boxes")])
         metric_rows = "".join(
-            f"<tr><th>{label}</th><td>{float(summary[key]):.4f}</td><td>{meaning}</td></tr>"
+            f"<tr><th>{label}</th><td>{float(summary[key]):.4f}</td><td class=\"meaning\">{meaning}"
+            "</td></tr>"
             for key, label, meaning in METRICS if key in summary)
         totals = {k: sum(r["fates"][k] for r in rows)
                   for k in ("groups", "kept_whole", "split", "merged", "category_wrong")}
@@ -489,7 +491,9 @@ button{margin:0 .2em;font:inherit}
 button.on{font-weight:bold}
 nav{margin-bottom:1em}
 .cols{display:flex;flex-wrap:wrap;gap:0 2.5em;align-items:flex-start}
-.cols>div{flex:0 1 auto;max-width:52em}
+.cols>div:first-child{flex:0 1 62em}
+.cols>div+div{flex:1 1 16em;max-width:36em}
+.grid td.meaning{font-size:92%;color:#333}
 """
 
 # Re-sorts the image table by a metric, worst first; reads and sets ``#sort=KEY``.
