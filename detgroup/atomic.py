@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,3 +59,48 @@ def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = None) 
     with atomic_open(path, "w") as f:
         f.write(text)
         f.write("\n")
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path, *, marker: str) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path`` to fill; on success it replaces ``path``.
+
+    A reader never sees half a folder: ``path`` holds the old content or the new one (it is
+    missing only between two renames). ``path`` may be missing, empty, or an earlier output of
+    the same kind, recognised by the file ``marker`` in it (the caller writes that file into
+    the new folder); anything else is refused, so a user's folder is never deleted. On any
+    exception the temporary folder is removed and ``path`` is left untouched. Folders left by a
+    killed process (``.NAME.*.tmp``, ``.NAME.*.old``) are removed first.
+    """
+    from detgroup.errors import DetgroupError
+
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and ((path / marker).is_file()
+                                                 or not any(path.iterdir()))):
+        raise DetgroupError(f"{path}: exists and is not an earlier output (no {marker} in it); "
+                            "give a new or empty folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in [*path.parent.glob(f".{path.name}.*.tmp"),
+                      *path.parent.glob(f".{path.name}.*.old")]:
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as err:
+        raise DetgroupError(f"{path}: cannot create the output folder ({err.strerror})") from None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700; outputs are meant to be shared
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old / path.name, path)  # put the earlier output back
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

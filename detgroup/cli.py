@@ -133,14 +133,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     post = PostProcess.from_config(cfg.decoder, method=args.method,
                                    consistency=args.consistency, pair_bias=args.pair_bias,
                                    neighbors=args.neighbors)
+    report = None
+    if args.report:
+        from detgroup.report import ReportBuilder
+
+        report = ReportBuilder(
+            category_names=cfg.category_names,
+            image_files={info["id"]: Path(args.images) / info["file_name"]
+                         for info in dataset.coco.images},
+            sort=args.report_sort, max_images=args.report_images,
+            meta=[("data", str(args.data)), ("images", str(args.images)),
+                  ("checkpoint", str(args.checkpoint)),
+                  ("decoder", f"{post.method}, {post.consistency}, pair bias "
+                              f"{post.pair_bias:+.3f}, neighbors {post.neighbors}")])
     summary, per_image = evaluate(
         model, loader, num_classes=len(cfg.category_names), postprocess=post,
         device=torch.device(args.device), progress=True,
+        on_image=None if report is None else report.add,
     )
     if args.per_image:
         atomic_write_json(args.per_image, per_image, indent=1)
+    index = None if report is None else report.write(args.report, summary)
     print(f"{args.data}: {summary['num_images']} images, {summary['num_boxes']} boxes")
     _print_table([(k, v) for k, v in summary.items() if k not in ("num_images", "num_boxes")])
+    if index is not None:
+        print(f"report -> {index}")
     if args.json:
         _print_json_last(summary)
     return 0
@@ -170,6 +187,13 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_viz(args: argparse.Namespace) -> int:
+    if args.truth:
+        from detgroup.report import write_comparisons
+
+        written = write_comparisons(args.data, args.truth, args.images, args.out,
+                                    limit=args.limit)
+        print(f"{written} truth | prediction comparisons -> {args.out}")
+        return 0
     from detgroup.engine.infer import draw_annotations
 
     written = draw_annotations(args.data, args.images, args.out, limit=args.limit)
@@ -281,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="added to the pair logits before decoding (default: the checkpoint's "
                         "decoder.pair_bias)")
     p.add_argument("--per-image", type=Path, help="write per-image metrics JSON here")
+    p.add_argument("--report", type=Path, metavar="DIR",
+                   help="write an HTML report into DIR (DIR/index.html: metrics, worst images "
+                        "with truth | prediction, group fates, confusion, heat maps)")
+    p.add_argument("--report-images", type=_non_negative_int, default=100, metavar="K",
+                   help="pictures and pages for the K worst images only; the table lists all "
+                        "(default: 100)")
+    p.add_argument("--report-sort", choices=["ari", "exact_group_f1", "cat_acc"],
+                   default="ari", help="metric the report sorts by, worst first (default: ari)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.set_defaults(func=cmd_eval)
 
@@ -309,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="COCO-with-groups file or detgroup results JSON")
     p.add_argument("--images", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--truth", type=Path, metavar="ANN.json",
+                   help="ground truth of the same images: --data is then the predictions, and "
+                        "each PNG shows truth | prediction with matched group colours")
     p.add_argument("--limit", type=int, default=0, help="draw at most this many images")
     p.set_defaults(func=cmd_viz)
 

@@ -1,4 +1,5 @@
-"""``detgroup demo``: the main job in one folder — synth → train → eval → infer → overlays."""
+"""``detgroup demo``: the main job in one folder — synth → train → eval (+ the HTML report of
+the val images) → infer → truth | prediction overlays."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from detgroup.data.dataset import GroupDataset, collate_groups
 from detgroup.data.synth import generate_synthetic
 from detgroup.engine.checkpoint import load_model_from_checkpoint
 from detgroup.engine.evaluate import PostProcess, evaluate
-from detgroup.engine.infer import draw_annotations, run_inference
+from detgroup.engine.infer import run_inference
 from detgroup.engine.train import train
+from detgroup.report import ReportBuilder, write_comparisons
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +54,24 @@ def run_demo(out: str | Path, *, quick: bool = False, overrides: list[str] | Non
 
     print("[3/5] evaluating on val (learned decoder vs the connected-components baseline)")
     model, cfg = load_model_from_checkpoint(checkpoint)
-    loader = DataLoader(GroupDataset(cfg.data.val_ann, cfg.data.val_images), batch_size=8,
-                        collate_fn=collate_groups)
+    val = GroupDataset(cfg.data.val_ann, cfg.data.val_images)
+    loader = DataLoader(val, batch_size=8, collate_fn=collate_groups)
+    report = ReportBuilder(
+        category_names=cfg.category_names,
+        image_files={info["id"]: Path(cfg.data.val_images) / info["file_name"]
+                     for info in val.coco.images},
+        meta=[("data", cfg.data.val_ann), ("checkpoint", str(checkpoint)),
+              ("decoder", cfg.decoder.method)])
     scores = {}
     for method in (cfg.decoder.method, "components"):
         scores[method], _ = evaluate(
             model, loader, num_classes=len(cfg.category_names),
             postprocess=PostProcess.from_config(cfg.decoder, method=method),
             device=torch.device("cpu"),
+            on_image=report.add if method == cfg.decoder.method else None,
         )
+    index = report.write(out / "report", scores[cfg.decoder.method])
+    print(f"      report: {index}")
 
     print(f"[4/5] inference on {INFER_IMAGES} val images -> {out / 'infer'}")
     subset = out / "infer_input"
@@ -73,8 +84,9 @@ def run_demo(out: str | Path, *, quick: bool = False, overrides: list[str] | Non
     infer = run_inference(checkpoint=checkpoint, images=str(subset), out_dir=out / "infer",
                           boxes=paths["val"], resume=False, heatmap=True)
 
-    print(f"[5/5] ground-truth overlays -> {out / 'truth'}")
-    draw_annotations(paths["val"], data / "val/images", out / "truth", limit=INFER_IMAGES)
+    print(f"[5/5] truth | prediction overlays -> {out / 'compare'}")
+    write_comparisons(out / "infer" / "predictions.json", paths["val"], data / "val/images",
+                      out / "compare")
 
     summary = {
         "train_seconds": result["train_seconds"],
@@ -90,5 +102,7 @@ def run_demo(out: str | Path, *, quick: bool = False, overrides: list[str] | Non
     print(f"  {'decoder':<12}" + "".join(f"{k:>16}" for k in keys))
     for method, s in summary["val"].items():
         print(f"  {method:<12}" + "".join(f"{s[k]:>16.4f}" for k in keys))
-    print(f"  overlays: {out / 'infer' / 'overlays'} (prediction), {out / 'truth'} (ground truth)")
+    print(f"  report: {index}")
+    print(f"  overlays: {out / 'infer' / 'overlays'} (prediction), {out / 'compare'} "
+          "(truth | prediction)")
     return summary

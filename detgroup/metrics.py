@@ -49,6 +49,7 @@ Conventions for degenerate cases:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -169,12 +170,8 @@ def _image_metrics(
     pred_sizes = np.bincount(pred_ids, minlength=num_pred)  # [K_pred]
 
     labels = np.union1d(gt_categories, pred_categories)
-    confusion = np.zeros((labels.size, labels.size), dtype=np.int64)
-    np.add.at(
-        confusion,
-        (np.searchsorted(labels, gt_categories), np.searchsorted(labels, pred_categories)),
-        1,
-    )
+    confusion = category_confusion(np.searchsorted(labels, gt_categories),
+                                   np.searchsorted(labels, pred_categories), labels.size)
 
     dense = np.zeros((num_gt, num_pred), dtype=np.int64)
     dense[cell_gt, cell_pred] = inter
@@ -233,6 +230,83 @@ def _group_rates(
     # TP + ½FP + ½FN = TP + ½(predicted - TP) + ½(true - TP) = ½(predicted + true groups)
     rates["group_pq"] = _rate(iou_sum, 0.5 * (num_pred + num_gt), 0)
     return rates
+
+
+def category_confusion(gt_categories: np.ndarray, pred_categories: np.ndarray,
+                       num_classes: int) -> np.ndarray:
+    """Confusion matrix int64 [C, C] of N boxes: rows true category, columns predicted.
+
+    ``gt_categories``, ``pred_categories``: int [N] in ``[0, num_classes)``.
+    """
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (np.asarray(gt_categories, np.int64),
+                          np.asarray(pred_categories, np.int64)), 1)
+    return confusion
+
+
+@dataclass(frozen=True)
+class GroupMatch:
+    """Predicted groups matched one-to-one to true groups by member overlap (Hungarian).
+
+    A group is a ``(category, group)`` pair, as everywhere in this module. The matching
+    maximises the number of boxes shared by matched groups (the count behind
+    ``hungarian_acc``), whatever the categories; pairs that share no box are not matched.
+
+    Fields:
+        gt_keys: int [K_gt, 2], (category, group) of each true group, sorted.
+        pred_keys: int [K_pred, 2], (category, group) of each predicted group, sorted.
+        gt_index: int [N], row of ``gt_keys`` of each box.
+        pred_index: int [N], row of ``pred_keys`` of each box.
+        overlap: int [K_gt, K_pred], boxes shared by true group i and predicted group j.
+        pred_for_gt: int [K_gt], the predicted group matched to each true group, -1 if none.
+        gt_for_pred: int [K_pred], the true group matched to each predicted group, -1 if none.
+    """
+
+    gt_keys: np.ndarray
+    pred_keys: np.ndarray
+    gt_index: np.ndarray
+    pred_index: np.ndarray
+    overlap: np.ndarray
+    pred_for_gt: np.ndarray
+    gt_for_pred: np.ndarray
+
+    @property
+    def matched_boxes(self) -> int:
+        """Boxes shared by matched groups (``hungarian_acc`` times N)."""
+        rows = np.flatnonzero(self.pred_for_gt >= 0)
+        return int(self.overlap[rows, self.pred_for_gt[rows]].sum())
+
+
+def match_groups(gt_categories: Labels, gt_groups: Labels, pred_categories: Labels,
+                 pred_groups: Labels) -> GroupMatch:
+    """Match the predicted groups of one image to its true groups (arguments as in
+    `image_metrics`); see :class:`GroupMatch`.
+
+    Raises:
+        DetgroupError: as `image_metrics`.
+    """
+    gt_cat, gt_grp, pred_cat, pred_grp = _check_inputs(gt_categories, gt_groups,
+                                                       pred_categories, pred_groups)
+    gt_keys, gt_index = _cluster_keys(gt_cat, gt_grp)
+    pred_keys, pred_index = _cluster_keys(pred_cat, pred_grp)
+    overlap = np.zeros((len(gt_keys), len(pred_keys)), dtype=np.int64)
+    np.add.at(overlap, (gt_index, pred_index), 1)
+    rows, cols = linear_sum_assignment(overlap, maximize=True)
+    keep = overlap[rows, cols] > 0
+    pred_for_gt = np.full(len(gt_keys), -1, dtype=np.int64)
+    gt_for_pred = np.full(len(pred_keys), -1, dtype=np.int64)
+    pred_for_gt[rows[keep]] = cols[keep]
+    gt_for_pred[cols[keep]] = rows[keep]
+    return GroupMatch(gt_keys, pred_keys, gt_index, pred_index, overlap, pred_for_gt,
+                      gt_for_pred)
+
+
+def _cluster_keys(categories: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(keys int [K, 2] sorted, index int [N] of each box's key)."""
+    if categories.size == 0:
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    keys, index = np.unique(np.stack([categories, groups], axis=1), axis=0, return_inverse=True)
+    return keys, index.reshape(-1)
 
 
 def image_metrics(
@@ -301,9 +375,14 @@ class GroupingEvaluator:
                     f"but num_classes is {self.num_classes}"
                 )
         metrics = _image_metrics(*arrays)
-        np.add.at(self._confusion, (gt_cats, pred_cats), 1)
+        self._confusion += category_confusion(gt_cats, pred_cats, self.num_classes)
         self.per_image.append(metrics)
         return metrics
+
+    @property
+    def confusion(self) -> np.ndarray:
+        """Category confusion int64 [C, C] pooled over the boxes added so far (rows: true)."""
+        return self._confusion.copy()
 
     def summary(self) -> dict[str, float]:
         """Metrics over all images added so far.

@@ -16,7 +16,7 @@ from sklearn.metrics import (
 )
 
 from detgroup.errors import DetgroupError
-from detgroup.metrics import GroupingEvaluator, image_metrics
+from detgroup.metrics import GroupingEvaluator, category_confusion, image_metrics, match_groups
 
 RATE_KEYS = (
     "cat_acc",
@@ -426,3 +426,51 @@ def test_evaluator_checks_num_classes():
         GroupingEvaluator(num_classes=0)
     with pytest.raises(TypeError):
         GroupingEvaluator(2)  # type: ignore[misc]
+
+
+# ---- group matching and the confusion matrix
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_match_groups_covers_the_hungarian_accuracy_boxes(seed):
+    rng = np.random.default_rng(seed)
+    n = 15
+    gt_cat, gt_grp = rng.integers(0, 2, n), rng.integers(0, 4, n)
+    pred_cat, pred_grp = rng.integers(0, 2, n), rng.integers(0, 5, n)
+    match = match_groups(gt_cat, gt_grp, pred_cat, pred_grp)
+    hungarian = image_metrics(gt_cat, gt_grp, pred_cat, pred_grp)["hungarian_acc"]
+    assert match.matched_boxes == round(hungarian * n)
+    # one-to-one, each pair shares a box, and the two maps agree
+    rows = np.flatnonzero(match.pred_for_gt >= 0)
+    assert len(set(match.pred_for_gt[rows].tolist())) == len(rows)
+    assert (match.overlap[rows, match.pred_for_gt[rows]] > 0).all()
+    assert (match.gt_for_pred[match.pred_for_gt[rows]] == rows).all()
+    # renaming the predicted group ids changes no matched pair of boxes
+    renamed = match_groups(gt_cat, gt_grp, pred_cat, (pred_grp * 7 + 3) % 11)
+    assert renamed.matched_boxes == match.matched_boxes
+
+
+def test_match_groups_by_hand():
+    # true A = {0, 1, 2}, B = {3}; predicted X = {0, 1}, Y = {2, 3}
+    match = match_groups([0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1])
+    assert match.gt_keys.tolist() == [[0, 0], [1, 0]]
+    assert match.overlap.tolist() == [[2, 1], [0, 1]]
+    assert match.pred_for_gt.tolist() == [0, 1] and match.matched_boxes == 3
+    # a true group that shares no box with any free predicted group stays unmatched
+    lone = match_groups([0, 0], [0, 1], [0, 0], [0, 0])
+    assert sorted(lone.pred_for_gt.tolist()) == [-1, 0]
+    empty = match_groups([], [], [], [])
+    assert empty.gt_keys.shape == (0, 2) and empty.matched_boxes == 0
+
+
+def test_category_confusion_is_the_evaluators():
+    rng = np.random.default_rng(0)
+    evaluator = GroupingEvaluator(num_classes=3)
+    total = np.zeros((3, 3), np.int64)
+    for _ in range(4):
+        gt, pred = rng.integers(0, 3, 10), rng.integers(0, 3, 10)
+        evaluator.update(gt, np.zeros(10, int), pred, np.zeros(10, int))
+        total += category_confusion(gt, pred, 3)
+        assert category_confusion(gt, pred, 3)[1, 2] == int(((gt == 1) & (pred == 2)).sum())
+    np.testing.assert_array_equal(evaluator.confusion, total)
+    assert int(np.trace(total)) == round(evaluator.summary()["cat_acc"] * 40)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import cv2
 import numpy as np
 import pytest
@@ -9,7 +11,17 @@ import pytest
 from detgroup.errors import DetgroupError
 from detgroup.visualize import (
     OKABE_ITO,
+    WRONG_CATEGORY,
+    WRONG_GROUP,
+    _collect_groups,
+    _place_labels,
+    _rect_points,
+    _zoom,
+    compare,
+    comparison_panels,
+    draw_comparison,
     draw_groups,
+    draw_heat_map,
     group_palette,
     group_styles,
     save_rgb_png,
@@ -208,3 +220,149 @@ def test_bad_images_for_side_by_side_and_png_raise(tmp_path):
         side_by_side(np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(DetgroupError):
         save_rgb_png(tmp_path / "x.png", np.zeros((4, 4, 3), np.float64))
+
+
+# ---- truth | prediction with matched groups
+
+
+def _two_groups() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A 256 px grey image with two true cat groups A = {0, 1} (left), B = {2, 3} (right)."""
+    image = np.full((256, 256, 3), GREY, np.uint8)
+    boxes = np.array([[20, 40, 60, 80], [20, 120, 60, 160], [170, 40, 210, 80],
+                      [170, 120, 210, 160]], float)
+    return image, boxes, np.zeros(4, np.int64), np.array([0, 0, 1, 1])
+
+
+def _stroke_colour(canvas: np.ndarray, box: np.ndarray) -> tuple[int, int, int]:
+    """The most common palette colour in the band just below ``box`` (xyxy px of canvas)."""
+    x0, _, x1, y1 = box.astype(int)
+    band = canvas[y1:y1 + 3, x0 + 2:x1 - 2].reshape(-1, 3)
+    palette = {s.colour for s in group_palette(16)} - {(0, 0, 0), (255, 255, 255)}  # not halos
+    found = Counter(tuple(int(v) for v in px) for px in band
+                    if tuple(int(v) for v in px) in palette)
+    assert found, f"no group colour under box {box}"
+    return found.most_common(1)[0][0]
+
+
+def test_matched_groups_share_colours_on_both_sides():
+    image, boxes, cats, groups = _two_groups()
+    pred_groups = np.array([1, 1, 0, 0])  # the same partition with the ids swapped
+    # Drawn alone, the prediction's colours follow its own ids: A and B swap colours.
+    alone = draw_groups(image, boxes, cats, pred_groups, NAMES, legend=False, min_side=256)
+    truth_alone = draw_groups(image, boxes, cats, groups, NAMES, legend=False, min_side=256)
+    assert _stroke_colour(alone, boxes[0]) != _stroke_colour(truth_alone, boxes[0])
+    truth, pred = comparison_panels(image, boxes, cats, groups, cats, pred_groups, NAMES,
+                                    legend=False, min_side=256)
+    colours = [(_stroke_colour(truth, b), _stroke_colour(pred, b)) for b in boxes]
+    assert all(t == p for t, p in colours)
+    assert colours[0][0] == colours[1][0] != colours[2][0] == colours[3][0]
+    result = compare(boxes, cats, groups, cats, pred_groups)
+    assert result.gt_numbers == {(0, 0): 1, (0, 1): 2}
+    assert result.pred_numbers == {(0, 1): 1, (0, 0): 2}
+    assert not result.pred_wrong.any()
+
+
+def test_a_split_off_part_gets_a_new_colour_not_its_groups():
+    image = np.full((256, 256, 3), GREY, np.uint8)
+    boxes = np.array([[10, 40, 60, 80], [90, 40, 140, 80], [170, 40, 220, 80],
+                      [10, 140, 60, 180], [90, 140, 140, 180]], float)
+    cats = np.zeros(5, np.int64)
+    groups, pred_groups = np.array([0, 0, 0, 1, 1]), np.array([4, 2, 2, 0, 0])
+    result = compare(boxes, cats, groups, cats, pred_groups)
+    # {1, 2} is A's match although {0} comes first in reading order
+    assert result.pred_numbers == {(0, 2): 1, (0, 0): 2, (0, 4): 3}
+    assert result.pred_wrong.tolist() == [WRONG_GROUP, 0, 0, 0, 0]
+    truth, pred = comparison_panels(image, boxes, cats, groups, cats, pred_groups, NAMES,
+                                    legend=False, min_side=256)
+    left = [_stroke_colour(truth, b) for b in boxes]
+    right = [_stroke_colour(pred, b) for b in boxes]
+    assert right[1:] == left[1:] and right[0] == group_palette(3)[2].colour
+
+
+def _badge_pixels(canvas: np.ndarray, box: np.ndarray) -> int:
+    x0, y0, x1, _ = box.astype(int)
+    return _colour_pixels(canvas[max(y0 - 15, 0):y0 + 15, x1 - 15:x1 + 15], (255, 0, 102))
+
+
+def test_split_and_wrong_category_are_marked():
+    image, boxes, cats, groups = _two_groups()
+    pred_cats = np.array([0, 0, 1, 0])  # box 2 called a dog: its own group
+    pred_groups = np.array([0, 0, 0, 1])
+    result = compare(boxes, cats, groups, pred_cats, pred_groups)
+    assert result.pred_wrong.tolist() == [0, 0, WRONG_GROUP | WRONG_CATEGORY, 0]
+    # B = {2, 3} is matched to {3}; box 2's new group takes the next number (3)
+    assert result.pred_numbers[(0, 1)] == 2 and result.pred_numbers[(1, 0)] == 3
+    truth, pred = comparison_panels(image, boxes, cats, groups, pred_cats, pred_groups, NAMES,
+                                    legend=False, min_side=256)
+    assert _badge_pixels(pred, boxes[2]) > 20
+    for i in (0, 1, 3):
+        assert _badge_pixels(pred, boxes[i]) == 0
+    assert _badge_pixels(truth, boxes[2]) == 0  # the truth is not marked
+    assert _stroke_colour(pred, boxes[2]) == group_palette(3)[2].colour
+
+
+def test_detector_boxes_are_matched_to_true_boxes_by_iou():
+    _, boxes, cats, groups = _two_groups()
+    perm = np.array([3, 1, 0, 2])
+    shifted = boxes[perm] + 2.0  # IoU about 0.8 with its true box
+    extra = np.array([[100, 200, 130, 230]], float)  # no true box
+    pred_boxes = np.vstack([shifted, extra])
+    pred_cats = np.zeros(5, np.int64)
+    pred_groups = np.array([5, 0, 0, 5, 9])  # A = {1, 2} -> 0, B = {3, 0} -> 5
+    result = compare(boxes, cats, groups, pred_cats, pred_groups, pred_boxes=pred_boxes)
+    ti, pj = result.box_pairs
+    assert dict(zip(ti.tolist(), pj.tolist(), strict=True)) == {3: 0, 1: 1, 0: 2, 2: 3}
+    assert result.pred_numbers == {(0, 0): 1, (0, 5): 2, (0, 9): 3}
+    assert result.pred_wrong.tolist() == [0, 0, 0, 0, WRONG_GROUP]
+    assert not result.gt_missed.any()
+    out = draw_comparison(np.full((256, 256, 3), GREY, np.uint8), boxes, cats, groups,
+                          pred_cats, pred_groups, NAMES, pred_boxes=pred_boxes)
+    assert out.dtype == np.uint8 and out.shape[1] > 1000
+
+
+def test_every_group_gets_a_label_inside_the_image():
+    # lone boxes crowded into the corners and along the edges, some groups too
+    rng = np.random.default_rng(0)
+    corners = np.array([[0, 0, 12, 12], [500, 500, 512, 512], [0, 500, 12, 512],
+                        [500, 0, 512, 12]], float)
+    xy = rng.uniform(0, 480, (30, 2))
+    boxes = np.vstack([corners, np.hstack([xy, xy + rng.uniform(8, 30, (30, 2))])])
+    cats = rng.integers(0, 2, len(boxes))
+    groups = np.where(np.arange(len(boxes)) < 20, np.arange(len(boxes)), 100 + np.arange(
+        len(boxes)) % 4)
+    image = np.full((512, 512, 3), GREY, np.uint8)
+    canvas, scaled, sizes = _zoom(image, boxes, 512)
+    grouped = _collect_groups(scaled, cats, groups, NAMES, None)
+    hulls = {g.key: _rect_points(scaled[g.members[0]]) for g in grouped if len(g.members) > 1}
+    placed = _place_labels(scaled, grouped, hulls, sizes, 512, 512)
+    assert {g.key for g, _, _ in placed} == {g.key for g in grouped}
+    for _, _, (x0, y0, x1, y1) in placed:
+        assert 0 <= x0 < x1 <= 512 and 0 <= y0 < y1 <= 512
+    # and the drawn overlay shows each lone box's label colour next to it
+    out = draw_groups(image, boxes[:1], [0], [0], NAMES, legend=False)
+    assert _colour_pixels(out[:40, :80], group_palette(1)[0].colour) > 100
+
+
+def test_heat_map_labels_each_row_with_its_box_index():
+    _, boxes, cats, groups = _two_groups()
+    boxes = np.vstack([boxes, [[100, 200, 130, 230]]])
+    cats, groups = np.append(cats, 1), np.append(groups, 0)
+    affinity = np.full((5, 5), 0.9)
+    heat = draw_heat_map(affinity, boxes, cats, groups, NAMES, height=400)
+    colour = cv2.applyColorMap(np.array([[round(0.9 * 255)]], np.uint8),
+                               cv2.COLORMAP_VIRIDIS)[0, 0, ::-1]
+    inside = (heat == colour).all(axis=2)
+    rows = np.flatnonzero(inside.sum(axis=1) > 50)  # the matrix, not the colour bar
+    cols = np.flatnonzero(inside.sum(axis=0) > 50)
+    top, left = rows[0], cols[0]
+
+    def runs(mask: np.ndarray) -> int:
+        """Runs of True, gaps of up to 7 px closed (a glyph's thin strokes)."""
+        hits = np.flatnonzero(mask)
+        return int(len(hits) > 0) + int((np.diff(hits) > 8).sum())
+
+    # one index label per row in the left margin, one per column above (drawn sideways)
+    margin = heat[top:rows[-1] + 1, :left - 12]
+    assert runs((margin < 200).all(axis=2).any(axis=1)) == 5
+    above = heat[top - 22:top - 9, left:cols[-1] + 1]  # under the title, over the strips
+    assert runs((above < 200).all(axis=2).any(axis=0)) == 5

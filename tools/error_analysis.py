@@ -2,8 +2,8 @@
 
 Prints (Markdown) the word/box category confusion matrix, what happened to every true group
 that was not recovered exactly (right members but wrong category, split, merged with others,
-both), and the images sorted by exact-group F1; writes the worst image as prediction beside
-ground truth.
+both), and the images sorted by exact-group F1; writes the worst image as ground truth beside
+prediction, groups matched (``detgroup.visualize.draw_comparison``).
 
 Usage::
 
@@ -27,9 +27,8 @@ from detgroup.data.dataset import GroupDataset, collate_groups
 from detgroup.data.images import read_image_rgb
 from detgroup.engine.checkpoint import load_model_from_checkpoint
 from detgroup.engine.evaluate import PostProcess, move_batch
-from detgroup.engine.infer import per_category_groups
 from detgroup.metrics import image_metrics
-from detgroup.visualize import draw_groups, save_rgb_png, side_by_side
+from detgroup.visualize import draw_comparison, save_rgb_png
 
 
 def group_fates(gt_cat: np.ndarray, gt_grp: np.ndarray, pred_cat: np.ndarray,
@@ -120,12 +119,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     f1, m, pred, gt_cat, gt_grp = per_image[0]
     pixels = read_image_rgb(args.images / files[pred.image_id])
-    left = draw_groups(pixels, pred.boxes, pred.categories, pred.groups, names,
-                       title=f"prediction: category acc {m['cat_acc']:.2f}, ARI {m['ari']:.2f}, "
-                             f"exact-group F1 {f1:.2f}")
-    right = draw_groups(pixels, pred.boxes, gt_cat, per_category_groups(gt_cat, gt_grp), names,
-                        title=f"ground truth: {files[pred.image_id]}")
-    save_rgb_png(args.out, side_by_side(left, right))
+    title = (f"{files[pred.image_id]}, category acc {m['cat_acc']:.2f}, ARI {m['ari']:.2f}, "
+             f"exact-group F1 {f1:.2f}")
+    save_rgb_png(args.out, draw_comparison(pixels, pred.boxes, gt_cat, gt_grp, pred.categories,
+                                           pred.groups, names, group_scores=pred.group_scores,
+                                           title=title))
     print(f"\nworst image (exact-group F1 {f1:.3f}): {files[pred.image_id]} -> {args.out}")
 
 

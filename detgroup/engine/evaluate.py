@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,8 +135,13 @@ def evaluate(
     postprocess: PostProcess,
     device: torch.device,
     progress: bool = False,
+    on_image: Callable[[ImagePrediction, np.ndarray, np.ndarray, dict[str, Any]], None]
+    | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Run the model on every batch, decode, and score against the batch's ground truth.
+
+    ``on_image(prediction, gt_categories [N], gt_groups [N], metrics)`` is called for every
+    image (the evaluation report collects its rows this way).
 
     Returns the summary (see :class:`detgroup.metrics.GroupingEvaluator`, plus
     ``model_seconds`` and ``decode_seconds`` per image) and per-image metric dicts.
@@ -160,6 +165,8 @@ def evaluate(
             gt_grp = batch["groups"][b][real].cpu().numpy()
             metrics = evaluator.update(gt_cat, gt_grp, pred.categories, pred.groups)
             per_image.append({"image_id": pred.image_id, **metrics})
+            if on_image is not None:
+                on_image(pred, gt_cat, gt_grp, metrics)
     model.train(was_training)
     summary = evaluator.summary()
     n = max(len(per_image), 1)
