@@ -329,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--images", required=True, help="an image, a folder or a glob")
     p.add_argument("--boxes", type=Path,
-                   help="COCO(-with-groups) JSON, or a folder / file of per-image box lists")
+                   help="COCO(-with-groups) JSON, or a folder / file of per-image box lists "
+                        "(without --boxes and --detector: a model trained with model.detector "
+                        "detects the boxes itself)")
     p.add_argument("--detector", type=Path, help="local torchvision detector weights file")
     p.add_argument("--detector-arch", default="fasterrcnn_resnet50_fpn",
                    choices=["fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn"])
