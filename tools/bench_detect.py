@@ -27,7 +27,6 @@ import argparse
 import datetime
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -172,12 +171,14 @@ def run_pipeline(name: str, args: argparse.Namespace, limit: int = 0
     return results, seconds / max(len(images), 1)
 
 
-def _rss_mib() -> float:
-    """Resident memory of this process now (Linux /proc), MiB."""
+def _status_mib(field: str) -> float:
+    """A memory field of this process from Linux /proc/self/status (VmRSS: now, VmHWM: peak),
+    MiB. (``ru_maxrss`` would not do: Linux keeps it across fork + exec, so a child started by
+    a big parent reports the parent's peak.)"""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def measure(name: str, args: argparse.Namespace) -> None:
@@ -187,9 +188,9 @@ def measure(name: str, args: argparse.Namespace) -> None:
     imports (torch's libraries alone hold more than a GiB and are the same for every pipeline).
     """
     torch.set_num_threads(args.threads)
-    baseline = _rss_mib()
+    baseline = _status_mib("VmRSS")
     _, seconds = run_pipeline(name, args, limit=args.timing_images)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = _status_mib("VmHWM")
     print(json.dumps({"ms_per_image": seconds * 1000, "peak_rss_mib": peak - baseline}))
 
 
