@@ -142,6 +142,7 @@ def pipeline(name: str, args: argparse.Namespace) -> Any:
         two_stage = TwoStage(args)
         return lambda pixels, boxes: two_stage(pixels)
     grouper = Grouper.from_checkpoint(args.out / "grouping_rcnn/model.pt")
+    grouper.model.detector.roi_heads.score_thresh = args.score  # as for the two-stage detector
     return lambda pixels, boxes: grouper.predict(pixels)
 
 
