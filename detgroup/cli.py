@@ -116,7 +116,32 @@ def _eval_loader(args: argparse.Namespace, batch_size: int) -> Any:
     return dataset, DataLoader(dataset, batch_size=batch_size, collate_fn=collate_groups)
 
 
+def cmd_eval_detections(args: argparse.Namespace) -> int:
+    from detgroup.atomic import atomic_write_json
+    from detgroup.engine.evaluate import evaluate_detections
+
+    if args.checkpoint is not None or args.images is not None:
+        raise DetgroupError("--detections scores a results file; give it without --checkpoint "
+                            "and --images")
+    summary, per_image = evaluate_detections(args.detections, args.data,
+                                             min_score=args.min_score)
+    if args.per_image:
+        atomic_write_json(args.per_image, per_image, indent=1)
+    print(f"{args.detections} against {args.data}: {summary['num_images']} images, "
+          f"{summary['num_detections']} detections, {summary['num_truth']} truth boxes, "
+          f"{summary['num_matched']} matched at IoU >= 0.5")
+    _print_table([(k, v) for k, v in summary.items() if isinstance(v, float)])
+    if args.json:
+        _print_json_last(summary)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.detections is not None:
+        return cmd_eval_detections(args)
+    if args.checkpoint is None or args.images is None:
+        raise DetgroupError("give --checkpoint and --images (score a model), or --detections "
+                            "(score a results file)")
     import torch
 
     from detgroup.atomic import atomic_write_json
@@ -293,10 +318,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="score a checkpoint on a COCO-with-groups file")
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--images", type=Path, required=True)
+    p = sub.add_parser(
+        "eval", help="score a checkpoint, or a detections file, on a COCO-with-groups file",
+        description="Score a checkpoint on a COCO-with-groups file (--checkpoint, --images), or "
+                    "score detected, classified and grouped boxes (--detections: COCO results "
+                    "with group_id, e.g. the results.json of infer) against it: detections are "
+                    "matched one-to-one to truth boxes at IoU >= 0.5 in order of score; category "
+                    "and box AP by pycocotools; group precision/recall/F1, exact-group F1 and "
+                    "Group PQ with unmatched detections as false members and missed boxes as "
+                    "missing members.",
+    )
+    p.add_argument("--checkpoint", type=Path, help="the model to score (with --images)")
+    p.add_argument("--data", type=Path, required=True, help="the truth: COCO with groups")
+    p.add_argument("--images", type=Path, help="the folder of the images of --data")
+    p.add_argument("--detections", type=Path,
+                   help="COCO results JSON (image_id, bbox, category_id, score, group_id) to "
+                        "score instead of a checkpoint; image_id and category_id must be the "
+                        "truth file's ids")
+    p.add_argument("--min-score", type=float, default=0.0,
+                   help="with --detections: group metrics use detections of at least this score "
+                        "(AP uses all)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--method", choices=["gaec-kl", "average", "components", "exact"])
     p.add_argument("--consistency", choices=["joint", "forbid"])
@@ -320,7 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--images", required=True, help="an image, a folder or a glob")
     p.add_argument("--boxes", type=Path,
-                   help="COCO(-with-groups) JSON, or a folder / file of per-image box lists")
+                   help="COCO(-with-groups) JSON, or a folder / file of per-image box lists "
+                        "(without --boxes and --detector: a model trained with model.detector "
+                        "detects the boxes itself)")
     p.add_argument("--detector", type=Path, help="local torchvision detector weights file")
     p.add_argument("--detector-arch", default="fasterrcnn_resnet50_fpn",
                    choices=["fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn"])

@@ -18,6 +18,7 @@ from detgroup.data.synth import SynthConfig
 from detgroup.errors import DetgroupError
 
 BACKBONES = ("small", "resnet18", "resnet34", "resnet50")
+DETECTOR_BACKBONES = ("resnet50_fpn", "mobilenet_v3_large_fpn")
 PAIR_LOSSES = ("bce", "kcl", "mcl", "ae")
 DECODERS = ("gaec-kl", "average", "components", "exact")
 CONSISTENCY = ("joint", "forbid")
@@ -69,8 +70,40 @@ class RelationConfig:
 
 
 @dataclass
+class DetectorConfig:
+    """A torchvision Faster R-CNN that finds the boxes itself (``GroupingFasterRCNN``).
+
+    ``backbone`` None: no detector, the model groups given boxes. Else one of
+    ``DETECTOR_BACKBONES``: the model detects, and the grouping branch pools its RoI tokens from
+    the detector's own FPN (``model.backbone`` is then unused). ``weights`` is a local
+    torchvision Faster R-CNN state-dict file of that backbone (never downloaded; its box
+    predictor is replaced when its number of classes differs); random init without one.
+    """
+
+    backbone: str | None = None
+    weights: str | None = None
+    min_size: int = 800  # the detector resizes each image so its shorter side is this (px)
+    max_size: int = 1333  # ... and its longer side at most this
+    score_threshold: float = 0.5  # detections below this score are dropped before grouping
+    nms_iou: float = 0.5  # per-category non-maximum suppression of the detector
+    # detections of different categories on one object (box IoU above this) are merged into
+    # the higher-scored one before grouping; 1.0: keep them all
+    agnostic_nms_iou: float = 0.7
+    detections_per_image: int = 100
+    # torchvision's proposal and RoI sample counts (fewer: faster on a CPU, small images)
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 1000
+    box_batch_size_per_image: int = 512
+    # training: the grouping branch sees the truth boxes plus up to this many proposals per
+    # image that overlap a truth box at IoU >= proposal_iou (labelled as that truth box)
+    proposal_tokens: int = 32
+    proposal_iou: float = 0.5
+
+
+@dataclass
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
     relation: RelationConfig = field(default_factory=RelationConfig)
     dim: int = 128
     roi_size: int = 7  # RoIAlign bins down a box (and across it when roi_width is 0)
@@ -98,6 +131,7 @@ class LossConfig:
     pair_balance: str = "pairs"
     cls_weight: float = 1.0
     pair_weight: float = 1.0
+    detection_weight: float = 1.0  # each torchvision Faster R-CNN loss (with model.detector)
     kcl_margin: float = 2.0
     ae_margin: float = 1.0
 
@@ -156,6 +190,25 @@ class Config:
 def _check(cfg: Config) -> None:
     checks: list[tuple[bool, str]] = [
         (cfg.model.backbone.name in BACKBONES, f"model.backbone.name must be one of {BACKBONES}"),
+        (cfg.model.detector.backbone in (None, *DETECTOR_BACKBONES),
+         f"model.detector.backbone must be null or one of {DETECTOR_BACKBONES}"),
+        (cfg.model.detector.min_size >= 32 and cfg.model.detector.max_size
+         >= cfg.model.detector.min_size,
+         "model.detector.min_size must be >= 32 and max_size >= min_size"),
+        (0.0 <= cfg.model.detector.score_threshold < 1.0,
+         "model.detector.score_threshold must be in [0, 1)"),
+        (0.0 < cfg.model.detector.nms_iou <= 1.0, "model.detector.nms_iou must be in (0, 1]"),
+        (0.0 < cfg.model.detector.agnostic_nms_iou <= 1.0,
+         "model.detector.agnostic_nms_iou must be in (0, 1]"),
+        (cfg.model.detector.detections_per_image >= 1,
+         "model.detector.detections_per_image must be >= 1"),
+        (min(cfg.model.detector.rpn_post_nms_top_n_train,
+             cfg.model.detector.rpn_post_nms_top_n_test,
+             cfg.model.detector.box_batch_size_per_image) >= 1,
+         "model.detector.rpn_post_nms_top_n_train/test and box_batch_size_per_image must be >= 1"),
+        (cfg.model.detector.proposal_tokens >= 0, "model.detector.proposal_tokens must be >= 0"),
+        (0.0 < cfg.model.detector.proposal_iou <= 1.0,
+         "model.detector.proposal_iou must be in (0, 1]"),
         (cfg.loss.pair in PAIR_LOSSES, f"loss.pair must be one of {PAIR_LOSSES}"),
         (cfg.loss.pair_balance in ("pairs", "groups"), "loss.pair_balance must be pairs or groups"),
         (cfg.decoder.method in DECODERS, f"decoder.method must be one of {DECODERS}"),

@@ -11,6 +11,8 @@ pair logits out. The partition decoder is not part of it: it stays in numpy
 * All N² pairs are computed at once (the eager model's row chunking for large N is not traced).
 * Both formats are traced (``torch.jit.trace``; ONNX with the TorchScript-based exporter,
   opset :data:`ONNX_OPSET`, which needs the ``onnx`` package: ``pip install 'detgroup[export]'``).
+* A checkpoint trained with ``model.detector`` (``GroupingFasterRCNN``) is refused: a trace
+  cannot follow its per-image number of detections.
 * Metadata travels inside: JSON ``{"format", "category_names", "config"}``, as the extra file
   ``detgroup.json`` of the TorchScript archive (``torch.jit.load(f, _extra_files=...)``) or the
   ``detgroup`` entry of the ONNX model's ``metadata_props``.
@@ -128,6 +130,14 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
     if out.is_dir():
         raise DetgroupError(f"{out}: is a folder; give the file to write")
     model, cfg = load_model_from_checkpoint(checkpoint)
+    if not isinstance(model, GroupingModel):
+        # A trace of GroupingFasterRCNN would freeze the number of detections and the Python
+        # control flow of torchvision's post-processing (score threshold, NMS, padding).
+        raise DetgroupError(
+            f"{checkpoint}: a model that detects (model.detector) cannot be exported yet: its "
+            "detections vary in number per image, which a trace cannot follow; export needs a "
+            "checkpoint trained on given boxes"
+        )
     network = _traceable(model)
     with warnings.catch_warnings():
         # Tracing warns about every Python-level shape read (torchvision's RoI scale set-up,

@@ -16,6 +16,7 @@ from detgroup.engine.checkpoint import load_model_from_checkpoint
 from detgroup.engine.evaluate import ImagePrediction, PostProcess
 from detgroup.errors import DetgroupError
 from detgroup.model.detector import GroupingModel
+from detgroup.model.grouping_rcnn import GroupingFasterRCNN
 
 
 @dataclass
@@ -25,7 +26,10 @@ class GroupResult:
     ``categories`` [N] int (index into ``category_names``), ``groups`` [N] int (numbered from 0
     within each category), ``scores`` [N] probability of each box's category,
     ``group_scores`` {(category, group): confidence}, ``affinity`` [N, N] same-group
-    probabilities, ``class_probs`` [N, C], ``boxes`` [N, 4] xyxy px.
+    probabilities, ``class_probs`` [N, C], ``boxes`` [N, 4] xyxy px. When the model found the
+    boxes itself, ``scores`` is the category probability times the detector's score (a
+    confidence in box and category, as COCO results want), and ``detection_scores`` [N] holds
+    the detector's score alone (None when the boxes were given).
     """
 
     boxes: np.ndarray
@@ -36,6 +40,7 @@ class GroupResult:
     affinity: np.ndarray
     class_probs: np.ndarray
     category_names: list[str]
+    detection_scores: np.ndarray | None = None
 
     @classmethod
     def from_prediction(cls, pred: ImagePrediction, names: list[str]) -> GroupResult:
@@ -90,7 +95,7 @@ class Grouper:
 
     def __init__(
         self,
-        model: GroupingModel,
+        model: GroupingModel | GroupingFasterRCNN,
         cfg: Config,
         *,
         device: str | torch.device = "cpu",
@@ -120,6 +125,11 @@ class Grouper:
     def category_names(self) -> list[str]:
         return list(self.cfg.category_names)
 
+    @property
+    def detects(self) -> bool:
+        """True when the model finds the boxes itself (``model.detector``): boxes optional."""
+        return isinstance(self.model, GroupingFasterRCNN)
+
     def _item(self, image: str | Path | np.ndarray, boxes: Any, index: int) -> dict[str, Any]:
         if isinstance(image, (str, Path)):
             pixels = read_image_rgb(image)
@@ -128,7 +138,8 @@ class Grouper:
             source = f"image {index}"
             pixels = to_rgb_uint8(np.asarray(image), source=source)
         h, w = pixels.shape[:2]
-        arr = check_boxes(boxes, h, w, source=source)
+        arr = (np.zeros((0, 4), dtype=np.float32) if boxes is None
+               else check_boxes(boxes, h, w, source=source))
         tensor = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0
         n = len(arr)
         return {"image": tensor, "boxes": torch.from_numpy(arr),
@@ -136,23 +147,42 @@ class Grouper:
                 "groups": torch.zeros(n, dtype=torch.long), "image_id": index}
 
     @torch.no_grad()
-    def predict(self, image: str | Path | np.ndarray, boxes: Any) -> GroupResult:
-        """Group ``boxes`` [N, 4] (xyxy pixels) of ``image`` (a path or HxWx3 uint8 RGB)."""
-        return self.predict_batch([image], [boxes])[0]
+    def predict(self, image: str | Path | np.ndarray, boxes: Any = None) -> GroupResult:
+        """Group ``boxes`` [N, 4] (xyxy pixels) of ``image`` (a path or HxWx3 uint8 RGB).
+
+        ``boxes=None``: the model detects the boxes itself (a checkpoint trained with
+        ``model.detector``), classifies and groups them.
+        """
+        return self.predict_batch([image], None if boxes is None else [boxes])[0]
 
     @torch.no_grad()
     def predict_batch(
-        self, images: list[str | Path | np.ndarray], boxes: list[Any], *, batch_size: int = 8
+        self, images: list[str | Path | np.ndarray], boxes: list[Any] | None = None, *,
+        batch_size: int = 8,
     ) -> list[GroupResult]:
-        """:meth:`predict` for many images, run ``batch_size`` at a time."""
-        if len(images) != len(boxes):
+        """:meth:`predict` for many images, run ``batch_size`` at a time (``boxes=None``: the
+        model detects them)."""
+        if boxes is None and not self.detects:
+            raise DetgroupError("this model groups given boxes (it was trained without "
+                                "model.detector): give the boxes")
+        if boxes is not None and len(images) != len(boxes):
             raise DetgroupError(f"got {len(images)} images but {len(boxes)} box arrays")
         results: list[GroupResult] = []
         for start in range(0, len(images), batch_size):
-            items = [self._item(images[i], boxes[i], i)
+            items = [self._item(images[i], None if boxes is None else boxes[i], i)
                      for i in range(start, min(start + batch_size, len(images)))]
             batch = collate_groups(items)
             dev = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            if boxes is None:
+                out = self.model(dev["images"], image_sizes=dev["image_sizes"])
+                preds = self.postprocess(out, out["pred_boxes"], batch["image_ids"])
+                det_scores = (~out["pad_mask"]).cpu().numpy(), out["pred_scores"].cpu().numpy()
+                for pred, real, scores in zip(preds, *det_scores, strict=True):
+                    result = GroupResult.from_prediction(pred, self.category_names)
+                    result.detection_scores = scores[real]
+                    result.scores = result.scores * result.detection_scores
+                    results.append(result)
+                continue
             out = self.model(dev["images"], dev["boxes"], dev["pad_mask"], dev["image_sizes"])
             for pred in self.postprocess(out, dev["boxes"], batch["image_ids"]):
                 results.append(GroupResult.from_prediction(pred, self.category_names))

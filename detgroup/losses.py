@@ -200,3 +200,44 @@ class GroupCriterion(nn.Module):
         push = F.relu(self.ae_margin - dist).pow(2)
         push = push[pair_ok].mean() if pair_ok.any() else embed.sum() * 0.0
         return pull + push
+
+
+class DetectionGroupCriterion(nn.Module):
+    """The losses of a model that detects and groups (``GroupingFasterRCNN``).
+
+    Returns torchvision's Faster R-CNN losses (``loss_classifier``, ``loss_box_reg``,
+    ``loss_objectness``, ``loss_rpn_box_reg``, computed inside the model's forward pass and
+    handed over as ``outputs["detector_losses"]``) plus :class:`GroupCriterion`'s on the model's
+    tokens (``outputs["token_categories"]``, ``outputs["token_groups"]``: truth boxes and matched
+    proposals). ``weight_dict`` says how they add up.
+    """
+
+    def __init__(self, *, group: GroupCriterion, detection_weight: float = 1.0) -> None:
+        super().__init__()
+        from detgroup.model.grouping_rcnn import DETECTION_LOSSES
+
+        self.group = group
+        self.weight_dict = {**{k: detection_weight for k in DETECTION_LOSSES},
+                            **group.weight_dict}
+
+    def forward(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> dict[str, Tensor]:
+        """outputs: the model's training dict; targets: unused (the tokens carry their labels)."""
+        losses = dict(outputs["detector_losses"])
+        losses.update(self.group(outputs, {"categories": outputs["token_categories"],
+                                           "groups": outputs["token_groups"]}))
+        return losses
+
+    def total(self, losses: dict[str, Tensor]) -> Tensor:
+        return sum(losses[k] * w for k, w in self.weight_dict.items())
+
+
+def build_criterion(cfg: Config) -> GroupCriterion | DetectionGroupCriterion:
+    """The criterion of ``cfg``'s model (with ``model.detector``: detection + grouping)."""
+    group = GroupCriterion(
+        pair_loss=cfg.loss.pair, cls_weight=cfg.loss.cls_weight, pair_weight=cfg.loss.pair_weight,
+        kcl_margin=cfg.loss.kcl_margin, ae_margin=cfg.loss.ae_margin,
+        pair_balance=cfg.loss.pair_balance,
+    )
+    if cfg.model.detector.backbone is None:
+        return group
+    return DetectionGroupCriterion(group=group, detection_weight=cfg.loss.detection_weight)

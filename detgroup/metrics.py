@@ -22,6 +22,12 @@ Metrics per image (`image_metrics`):
   Group PQ = Σ IoU(matched at > 0.5) / (TP + ½ FP + ½ FN); and the absolute error in the
   number of groups.
 
+On detected boxes (`detection_image_metrics`, `DetectionGroupingEvaluator`): detections are
+matched one-to-one to truth boxes at box IoU >= 0.5 in order of score (`match_detections`, as
+COCOeval does); a predicted group's members are mapped through that matching, an unmatched
+detection being a false member and a missed truth box a missing member, and groups then match
+by the same rule as above. Box AP comes from pycocotools (`coco_box_ap`).
+
 `GroupingEvaluator` accumulates images. Its `summary` pools over boxes the category metrics
 (accuracy; macro F1 over ``range(num_classes)``), pools the pair and group counts before
 taking ratios (pair and group precision/recall/F1, Group PQ), and averages over images the
@@ -50,6 +56,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -152,6 +159,56 @@ def _clusters(categories: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, n
     return ids.reshape(-1), keys[:, 0]
 
 
+def _contingency(
+    gt_ids: np.ndarray, pred_ids: np.ndarray, num_pred: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse contingency table of items that are in a true and a predicted group.
+
+    Args:
+        gt_ids: [M] int, true cluster in ``[0, K_gt)`` of each item.
+        pred_ids: [M] int, predicted cluster in ``[0, K_pred)`` of the same items.
+        num_pred: K_pred.
+
+    Returns:
+        cell_gt, cell_pred, inter: [Z] int each, the non-empty cells (true cluster, predicted
+        cluster) and the number of items in each.
+    """
+    cells, inter = np.unique(gt_ids * num_pred + pred_ids, return_counts=True)
+    cell_gt, cell_pred = np.divmod(cells, max(num_pred, 1))
+    return cell_gt, cell_pred, inter
+
+
+def _group_matches(
+    cell_gt: np.ndarray,
+    cell_pred: np.ndarray,
+    inter: np.ndarray,
+    gt_sizes: np.ndarray,
+    pred_sizes: np.ndarray,
+    gt_cluster_cats: np.ndarray,
+    pred_cluster_cats: np.ndarray,
+) -> tuple[int, int, float]:
+    """Match predicted groups to true groups of the same category by member-set IoU.
+
+    Args:
+        cell_gt, cell_pred, inter: [Z] the non-empty cells of the contingency table
+            (`_contingency`).
+        gt_sizes: [K_gt] members of each true group (including members no prediction covers).
+        pred_sizes: [K_pred] members of each predicted group (including members that are not
+            in any true group, such as false detections).
+        gt_cluster_cats, pred_cluster_cats: [K_gt], [K_pred] the category of each group.
+
+    Returns:
+        (matches at IoU > 0.5, which are unique; matches at IoU = 1; Σ IoU of the matches).
+    """
+    union = gt_sizes[cell_gt] + pred_sizes[cell_pred] - inter
+    same_category = gt_cluster_cats[cell_gt] == pred_cluster_cats[cell_pred]
+    matched = same_category & (2 * inter > union)  # IoU > 0.5, in exact integer arithmetic
+    group_tp = int(matched.sum())
+    exact_tp = int((same_category & (inter == union)).sum())
+    iou_sum = float((inter[matched] / union[matched]).sum())
+    return group_tp, exact_tp, iou_sum
+
+
 def _image_metrics(
     gt_categories: np.ndarray,
     gt_groups: np.ndarray,
@@ -163,9 +220,7 @@ def _image_metrics(
     pred_ids, pred_cluster_cats = _clusters(pred_categories, pred_groups)
     num_gt, num_pred = gt_cluster_cats.size, pred_cluster_cats.size
 
-    # Sparse contingency table: the non-empty cells (true group i, predicted group j).
-    cells, inter = np.unique(gt_ids * num_pred + pred_ids, return_counts=True)
-    cell_gt, cell_pred = np.divmod(cells, max(num_pred, 1))
+    cell_gt, cell_pred, inter = _contingency(gt_ids, pred_ids, num_pred)
     gt_sizes = np.bincount(gt_ids, minlength=num_gt)  # [K_gt]
     pred_sizes = np.bincount(pred_ids, minlength=num_pred)  # [K_pred]
 
@@ -184,12 +239,9 @@ def _image_metrics(
     pair_precision = _rate(pair_tp, pair_pred, pair_true)
     pair_recall = _rate(pair_tp, pair_true, pair_pred)
 
-    union = gt_sizes[cell_gt] + pred_sizes[cell_pred] - inter
-    same_category = gt_cluster_cats[cell_gt] == pred_cluster_cats[cell_pred]
-    matched = same_category & (2 * inter > union)  # IoU > 0.5, in exact integer arithmetic
-    group_tp = int(matched.sum())
-    exact_tp = int((same_category & (inter == union)).sum())
-    iou_sum = float((inter[matched] / union[matched]).sum())
+    group_tp, exact_tp, iou_sum = _group_matches(
+        cell_gt, cell_pred, inter, gt_sizes, pred_sizes, gt_cluster_cats, pred_cluster_cats
+    )
 
     metrics: dict[str, float | int] = {
         "num_boxes": n,
@@ -427,3 +479,263 @@ class GroupingEvaluator:
             )
         )
         return summary
+
+
+# --- grouping on detected boxes ----------------------------------------------------------------
+
+# Per-image metrics on detected boxes that the summary pools as counts (num: den keys).
+_DET_COUNT_KEYS = (
+    "num_detections",
+    "num_truth",
+    "num_matched",
+    "cat_correct",
+    "pair_tp",
+    "pair_pred",
+    "pair_true",
+    "num_gt_groups",
+    "num_pred_groups",
+    "group_tp",
+    "exact_group_tp",
+)
+
+
+def match_detections(
+    det_boxes: np.ndarray,
+    det_scores: np.ndarray,
+    gt_boxes: np.ndarray,
+    *,
+    iou_threshold: float = 0.5,
+) -> np.ndarray:
+    """One-to-one matching of the detections of one image to its truth boxes, as COCOeval does.
+
+    Detections are visited in order of decreasing score (a stable sort: ties keep file order);
+    each takes the not yet matched truth box of highest IoU, if that IoU is >= ``iou_threshold``
+    (ties go to the first truth box). Categories play no part: a box found with the wrong
+    category is matched, and its category error is scored by the caller.
+
+    Args:
+        det_boxes: [D, 4] float, detections in (x1, y1, x2, y2) pixels.
+        det_scores: [D] float, their confidences.
+        gt_boxes: [G, 4] float, truth boxes in (x1, y1, x2, y2) pixels.
+        iou_threshold: the least box IoU of a match.
+
+    Returns:
+        [D] int64: the index of the truth box each detection matched, -1 for none.
+    """
+    import torch
+    from torchvision.ops import box_iou
+
+    num_det, num_gt = len(det_boxes), len(gt_boxes)
+    match = np.full(num_det, -1, dtype=np.int64)
+    if num_det == 0 or num_gt == 0:
+        return match
+    iou = box_iou(
+        torch.as_tensor(np.asarray(det_boxes, dtype=np.float64)),
+        torch.as_tensor(np.asarray(gt_boxes, dtype=np.float64)),
+    ).numpy()  # [D, G]
+    taken = np.zeros(num_gt, dtype=bool)
+    for d in np.argsort(-np.asarray(det_scores, dtype=np.float64), kind="mergesort"):
+        candidates = np.where(taken, -1.0, iou[d])  # [G]
+        g = int(np.argmax(candidates))
+        if candidates[g] >= iou_threshold:
+            match[d] = g
+            taken[g] = True
+    return match
+
+
+def detection_image_metrics(
+    *,
+    det_boxes: np.ndarray,
+    det_scores: np.ndarray,
+    det_categories: Labels,
+    det_groups: Labels,
+    gt_boxes: np.ndarray,
+    gt_categories: Labels,
+    gt_groups: Labels,
+    iou_threshold: float = 0.5,
+) -> dict[str, float | int]:
+    """Category and group-detection metrics of one image whose boxes come from a detector.
+
+    Detections are matched to truth boxes by :func:`match_detections`. A predicted group (the
+    detections of one ``(category, group)``) is compared with a true group through that matching:
+    a matched detection stands for its truth box, an unmatched detection is a false member (it
+    is in the predicted group and in no true group), a truth box no detection matched is a
+    missing member (in its true group only). Groups then match as in `image_metrics`: same
+    category and member-set IoU > 0.5 (unique), or = 1 for ``exact_``. Pair counts follow the
+    same rule (a same-group pair of detections is a true positive when both are matched to
+    boxes of one true group).
+
+    Args:
+        det_boxes: [D, 4] float, detections (x1, y1, x2, y2) px; det_scores: [D] float.
+        det_categories: [D] int >= 0, category of each detection; det_groups: [D] int, its
+            group id (identity is ``(category, group)``).
+        gt_boxes: [G, 4] float, truth boxes (x1, y1, x2, y2) px; gt_categories: [G] int >= 0;
+            gt_groups: [G] int.
+        iou_threshold: the least box IoU of a detection-to-truth match.
+
+    Returns:
+        Counts ``num_detections``, ``num_truth``, ``num_matched``, ``cat_correct`` (matched
+        detections of the right category), ``pair_tp``, ``pair_pred``, ``pair_true``,
+        ``num_gt_groups``, ``num_pred_groups``, ``group_tp``, ``exact_group_tp``,
+        ``group_iou_sum``; rates ``box_precision`` (matched / detections), ``box_recall``
+        (matched / truth), ``cat_acc`` (on matched detections), ``pair_precision``,
+        ``pair_recall``, ``pair_f1``, ``group_precision``, ``group_recall``, ``group_f1``,
+        ``exact_group_*``, ``group_pq``; and ``ari`` over the matched detections (their
+        predicted groups against their truth boxes' groups), NaN when none matched. Zero
+        denominators follow the module's conventions.
+
+    Raises:
+        DetgroupError: a label array is not 1-D integer, lengths differ from the boxes', or a
+            category is negative.
+    """
+    det_boxes = np.asarray(det_boxes, dtype=np.float64).reshape(-1, 4)
+    gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    det_cats = _as_labels(det_categories, "det_categories")
+    det_grps = _as_labels(det_groups, "det_groups")
+    gt_cats = _as_labels(gt_categories, "gt_categories")
+    gt_grps = _as_labels(gt_groups, "gt_groups")
+    det_scores = np.asarray(det_scores, dtype=np.float64).reshape(-1)
+    for name, size, want in (("det_boxes", len(det_boxes), det_cats.size),
+                             ("det_scores", det_scores.size, det_cats.size),
+                             ("det_groups", det_grps.size, det_cats.size),
+                             ("gt_boxes", len(gt_boxes), gt_cats.size),
+                             ("gt_groups", gt_grps.size, gt_cats.size)):
+        if size != want:
+            raise DetgroupError(f"metrics: {name} has {size} entries but its labels have {want}")
+    for cats, name in ((det_cats, "det_categories"), (gt_cats, "gt_categories")):
+        if cats.size and cats.min() < 0:
+            raise DetgroupError(f"metrics: {name} holds a negative category {cats.min()}")
+
+    match = match_detections(det_boxes, det_scores, gt_boxes, iou_threshold=iou_threshold)
+    matched = np.flatnonzero(match >= 0)  # [M] detection indices
+    pred_ids, pred_cluster_cats = _clusters(det_cats, det_grps)  # [D], [K_pred]
+    gt_ids, gt_cluster_cats = _clusters(gt_cats, gt_grps)  # [G], [K_gt]
+    num_pred, num_gt = pred_cluster_cats.size, gt_cluster_cats.size
+    pred_sizes = np.bincount(pred_ids, minlength=num_pred)  # false members included
+    gt_sizes = np.bincount(gt_ids, minlength=num_gt)  # missing members included
+    cell_gt, cell_pred, inter = _contingency(gt_ids[match[matched]], pred_ids[matched], num_pred)
+    group_tp, exact_tp, iou_sum = _group_matches(
+        cell_gt, cell_pred, inter, gt_sizes, pred_sizes, gt_cluster_cats, pred_cluster_cats
+    )
+    num_det, num_truth, num_matched = det_cats.size, gt_cats.size, matched.size
+    cat_correct = int((det_cats[matched] == gt_cats[match[matched]]).sum())
+    pair_tp, pair_pred, pair_true = _num_pairs(inter), _num_pairs(pred_sizes), _num_pairs(gt_sizes)
+    ari = (float(adjusted_rand_score(gt_ids[match[matched]], pred_ids[matched]))
+           if num_matched else float("nan"))
+    metrics: dict[str, float | int] = {
+        "num_detections": num_det,
+        "num_truth": num_truth,
+        "num_matched": num_matched,
+        "cat_correct": cat_correct,
+        "pair_tp": pair_tp,
+        "pair_pred": pair_pred,
+        "pair_true": pair_true,
+        "num_gt_groups": num_gt,
+        "num_pred_groups": num_pred,
+        "group_tp": group_tp,
+        "exact_group_tp": exact_tp,
+        "group_iou_sum": iou_sum,
+        "ari": ari,
+    }
+    metrics.update(_detection_rates(metrics))
+    return metrics
+
+
+def _detection_rates(counts: dict[str, float | int]) -> dict[str, float]:
+    """Box, category, pair and group rates from the counts of `detection_image_metrics`."""
+    rates = {
+        "box_precision": _rate(counts["num_matched"], counts["num_detections"],
+                               counts["num_truth"]),
+        "box_recall": _rate(counts["num_matched"], counts["num_truth"],
+                            counts["num_detections"]),
+        "cat_acc": _rate(counts["cat_correct"], counts["num_matched"], 0),
+        "pair_precision": _rate(counts["pair_tp"], counts["pair_pred"], counts["pair_true"]),
+        "pair_recall": _rate(counts["pair_tp"], counts["pair_true"], counts["pair_pred"]),
+    }
+    rates["pair_f1"] = _f1(rates["pair_precision"], rates["pair_recall"])
+    rates.update(_group_rates(int(counts["group_tp"]), int(counts["exact_group_tp"]),
+                              float(counts["group_iou_sum"]), int(counts["num_gt_groups"]),
+                              int(counts["num_pred_groups"])))
+    return rates
+
+
+class DetectionGroupingEvaluator:
+    """Accumulates `detection_image_metrics` over images; `summary` pools the counts.
+
+    Args:
+        iou_threshold: the least box IoU of a detection-to-truth match.
+    """
+
+    def __init__(self, *, iou_threshold: float = 0.5) -> None:
+        if not 0.0 < iou_threshold <= 1.0:
+            raise DetgroupError(f"metrics: iou_threshold must be in (0, 1], got {iou_threshold}")
+        self.iou_threshold = iou_threshold
+        self.per_image: list[dict[str, float | int]] = []
+
+    def update(self, **image: Any) -> dict[str, float | int]:
+        """Adds one image (keyword arguments of `detection_image_metrics`); returns its metrics."""
+        metrics = detection_image_metrics(**image, iou_threshold=self.iou_threshold)
+        self.per_image.append(metrics)
+        return metrics
+
+    def summary(self) -> dict[str, float]:
+        """Metrics over all images so far: the rates of `detection_image_metrics` from counts
+        pooled over images, ``ari`` averaged over the images with a matched detection (1.0 when
+        there is none), and ``num_images`` plus the pooled counts."""
+        totals: dict[str, float | int] = {
+            key: sum(m[key] for m in self.per_image) for key in _DET_COUNT_KEYS
+        }
+        totals["group_iou_sum"] = float(sum(m["group_iou_sum"] for m in self.per_image))
+        aris = [m["ari"] for m in self.per_image if m["num_matched"] > 0]
+        summary: dict[str, float] = {"num_images": len(self.per_image), **totals}
+        summary.update(_detection_rates(totals))
+        summary["ari"] = float(np.mean(aris)) if aris else 1.0
+        return summary
+
+
+def coco_box_ap(truth: dict[str, Any], detections: list[dict[str, Any]]) -> dict[str, float]:
+    """COCO box AP of detections against a truth file, by pycocotools ``COCOeval``.
+
+    Args:
+        truth: a COCO (with groups) document; ``area`` and ``iscrowd`` are filled in where
+            missing (on a copy).
+        detections: COCO results (``image_id``, ``bbox`` [x, y, w, h] px, ``category_id`` of
+            ``truth``, ``score``).
+
+    Returns:
+        ``cat_ap`` (AP at IoU 0.50:0.95, per category, averaged over categories), ``cat_ap50``
+        (at IoU 0.5), and ``box_ap`` / ``box_ap50``, the same with categories ignored
+        (``useCats = 0``: box localisation alone). 0.0 without detections; -1.0 (COCOeval's
+        value) without truth boxes.
+    """
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    dataset = dict(truth)
+    dataset["annotations"] = [
+        {**ann, "area": ann.get("area", float(ann["bbox"][2] * ann["bbox"][3])),
+         "iscrowd": ann.get("iscrowd", 0)}
+        for ann in truth["annotations"]
+    ]
+    if not dataset["annotations"]:
+        return {"cat_ap": -1.0, "cat_ap50": -1.0, "box_ap": -1.0, "box_ap50": -1.0}
+    if not detections:
+        return {"cat_ap": 0.0, "cat_ap50": 0.0, "box_ap": 0.0, "box_ap50": 0.0}
+    out: dict[str, float] = {}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        gt = COCO()
+        gt.dataset = dataset
+        gt.createIndex()
+        dt = gt.loadRes([dict(d) for d in detections])  # loadRes adds fields: copies
+        for prefix, use_cats in (("cat", 1), ("box", 0)):
+            coco_eval = COCOeval(gt, dt, iouType="bbox")
+            coco_eval.params.useCats = use_cats
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            coco_eval.summarize()
+            out[f"{prefix}_ap"] = float(coco_eval.stats[0])
+            out[f"{prefix}_ap50"] = float(coco_eval.stats[1])
+    return out

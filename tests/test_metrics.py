@@ -16,7 +16,16 @@ from sklearn.metrics import (
 )
 
 from detgroup.errors import DetgroupError
-from detgroup.metrics import GroupingEvaluator, category_confusion, image_metrics, match_groups
+from detgroup.metrics import (
+    DetectionGroupingEvaluator,
+    GroupingEvaluator,
+    category_confusion,
+    coco_box_ap,
+    detection_image_metrics,
+    image_metrics,
+    match_detections,
+    match_groups,
+)
 
 RATE_KEYS = (
     "cat_acc",
@@ -474,3 +483,152 @@ def test_category_confusion_is_the_evaluators():
         assert category_confusion(gt, pred, 3)[1, 2] == int(((gt == 1) & (pred == 2)).sum())
     np.testing.assert_array_equal(evaluator.confusion, total)
     assert int(np.trace(total)) == round(evaluator.summary()["cat_acc"] * 40)
+# --- grouping on detected boxes ----------------------------------------------------------------
+
+
+def boxes_at(*columns: int) -> np.ndarray:
+    """[n, 4] unit-spaced 10 px boxes, one per column index (far apart: IoU 0 between them)."""
+    return np.array([[20.0 * c, 0.0, 20.0 * c + 10.0, 10.0] for c in columns])
+
+
+def det_image(det_boxes, det_scores, det_cats, det_groups, gt_boxes, gt_cats, gt_groups):
+    return detection_image_metrics(
+        det_boxes=np.asarray(det_boxes, dtype=float), det_scores=det_scores,
+        det_categories=det_cats, det_groups=det_groups, gt_boxes=np.asarray(gt_boxes, float),
+        gt_categories=gt_cats, gt_groups=gt_groups,
+    )
+
+
+def test_match_detections_greedy_by_score_each_truth_once():
+    gt = np.array([[0.0, 0, 10, 10], [30, 0, 40, 10]])
+    dets = np.array([[0.0, 0, 10, 10],  # IoU 1 with truth 0, low score
+                     [0.0, 0, 10, 8],  # IoU 0.8 with truth 0, higher score: takes it
+                     [30, 0, 40, 4],  # IoU 0.4 with truth 1: below 0.5
+                     [31, 0, 40, 10]])  # IoU 0.9 with truth 1
+    match = match_detections(dets, np.array([0.5, 0.9, 0.99, 0.1]), gt)
+    np.testing.assert_array_equal(match, [-1, 0, -1, 1])
+    # IoU exactly at the threshold matches (>= 0.5, as COCOeval)
+    half = np.array([[0.0, 0, 10, 5]])
+    np.testing.assert_array_equal(match_detections(half, np.ones(1), gt[:1]), [0])
+    assert match_detections(np.zeros((0, 4)), np.zeros(0), gt).shape == (0,)
+    np.testing.assert_array_equal(match_detections(dets, np.ones(4), np.zeros((0, 4))), [-1] * 4)
+
+
+def test_detections_on_the_truth_boxes_score_as_image_metrics():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = int(rng.integers(1, 12))
+        gt_cats, gt_groups, pred_cats, pred_groups = random_image(rng, n, 3, 4)
+        order = rng.permutation(n)  # detections in another order than the truth
+        m = det_image(boxes_at(*order), rng.random(n), pred_cats[order], pred_groups[order],
+                      boxes_at(*range(n)), gt_cats, gt_groups)
+        ref = image_metrics(gt_cats, gt_groups, pred_cats, pred_groups)
+        for key in ("cat_acc", "ari", "pair_precision", "pair_recall", "pair_f1",
+                    "group_precision", "group_recall", "group_f1", "exact_group_f1", "group_pq",
+                    "group_tp", "exact_group_tp", "num_gt_groups", "num_pred_groups"):
+            assert m[key] == pytest.approx(ref[key], abs=1e-12), key
+        check(m, {"box_precision": 1.0, "box_recall": 1.0, "num_matched": n})
+
+
+def test_missed_box_is_a_missing_member():
+    # truth: {0, 1, 2} and {3}; box 2 is not detected, the rest grouped right
+    m = det_image(boxes_at(0, 1, 3), [0.9, 0.8, 0.7], [0, 0, 0], [5, 5, 6],
+                  boxes_at(0, 1, 2, 3), [0, 0, 0, 0], [0, 0, 0, 1])
+    check(m, {
+        "num_matched": 3, "box_precision": 1.0, "box_recall": 3 / 4,
+        # {d0, d1} against {g0, g1, g2}: IoU 2/3, a match but not exact; {d3} = {g3} exactly
+        "group_tp": 2, "exact_group_tp": 1, "group_f1": 1.0, "exact_group_f1": 0.5,
+        "group_pq": (2 / 3 + 1.0) / 2,
+        "pair_tp": 1, "pair_pred": 1, "pair_true": 3, "pair_precision": 1.0,
+        "pair_recall": 1 / 3, "ari": 1.0, "cat_acc": 1.0,
+    })
+
+
+def test_duplicate_detection_is_a_false_member():
+    # truth: one group {g0, g1}; a second, lower-scored detection of g0 joins the group
+    dets = np.vstack([boxes_at(0, 1), [[0.0, 0.0, 10.0, 9.0]]])
+    m = det_image(dets, [0.9, 0.8, 0.7], [0, 0, 0], [0, 0, 0], boxes_at(0, 1), [0, 0], [0, 0])
+    check(m, {
+        "num_matched": 2, "box_precision": 2 / 3, "box_recall": 1.0,
+        "group_tp": 1, "exact_group_tp": 0, "group_precision": 1.0, "group_recall": 1.0,
+        "exact_group_f1": 0.0, "group_pq": 2 / 3,  # IoU 2/3 over ½(1 + 1) groups
+        "pair_tp": 1, "pair_pred": 3, "pair_true": 1, "pair_precision": 1 / 3,
+    })
+    # the duplicate in a group of its own: the group is right, the duplicate a false group
+    m = det_image(dets, [0.9, 0.8, 0.7], [0, 0, 0], [0, 0, 1], boxes_at(0, 1), [0, 0], [0, 0])
+    check(m, {"group_tp": 1, "exact_group_tp": 1, "group_precision": 0.5, "group_recall": 1.0,
+              "exact_group_f1": 2 / 3, "group_pq": 1.0 / 1.5})
+
+
+def test_box_matched_into_the_wrong_group():
+    # truth {g0, g1}, {g2, g3}; g2's detection is put with g0 and g1
+    gt_cats, gt_groups = [0, 0, 0, 0], [0, 0, 1, 1]
+    m = det_image(boxes_at(0, 1, 2, 3), [0.9] * 4, [0, 0, 0, 0], [0, 0, 0, 1], boxes_at(0, 1, 2, 3),
+                  gt_cats, gt_groups)
+    # {d0, d1, d2} vs {g0, g1}: IoU 2/3 (match); {d3} vs {g2, g3}: IoU 1/2 (no match)
+    check(m, {"group_tp": 1, "exact_group_tp": 0, "group_precision": 0.5, "group_recall": 0.5,
+              "group_f1": 0.5, "group_pq": (2 / 3) / 2,
+              "ari": adjusted_rand_score([0, 0, 1, 1], [0, 0, 0, 1])})
+    # right members, wrong category: the box is matched, the group is not
+    m = det_image(boxes_at(0, 1), [0.9, 0.9], [1, 1], [0, 0], boxes_at(0, 1), [0, 0], [0, 0])
+    check(m, {"num_matched": 2, "cat_acc": 0.0, "group_tp": 0, "group_pq": 0.0,
+              "pair_tp": 1, "ari": 1.0})
+
+
+def test_empty_image_on_either_side():
+    none = np.zeros((0, 4))
+    m = det_image(none, [], [], [], boxes_at(0, 1), [0, 0], [3, 3])  # nothing detected
+    check(m, {"box_precision": 0.0, "box_recall": 0.0, "group_precision": 0.0,
+              "group_recall": 0.0, "group_f1": 0.0, "group_pq": 0.0, "pair_recall": 0.0,
+              "num_gt_groups": 1, "num_pred_groups": 0})
+    assert math.isnan(m["ari"])
+    m = det_image(boxes_at(0, 1), [0.5, 0.5], [0, 1], [0, 0], none, [], [])  # no truth
+    check(m, {"box_precision": 0.0, "box_recall": 0.0, "group_precision": 0.0,
+              "group_recall": 0.0, "group_pq": 0.0, "num_pred_groups": 2})
+    m = det_image(none, [], [], [], none, [], [])  # nothing on either side
+    check(m, {key: 1.0 for key in ("box_precision", "box_recall", "group_f1", "group_pq",
+                                   "exact_group_f1", "pair_f1", "cat_acc")})
+
+
+def test_detection_evaluator_pools_counts_over_images():
+    evaluator = DetectionGroupingEvaluator()
+    evaluator.update(det_boxes=boxes_at(0, 1, 3), det_scores=[0.9, 0.8, 0.7],
+                     det_categories=[0, 0, 0], det_groups=[5, 5, 6],
+                     gt_boxes=boxes_at(0, 1, 2, 3), gt_categories=[0, 0, 0, 0],
+                     gt_groups=[0, 0, 0, 1])
+    evaluator.update(det_boxes=np.zeros((0, 4)), det_scores=[], det_categories=[],
+                     det_groups=[], gt_boxes=boxes_at(0, 1), gt_categories=[1, 1],
+                     gt_groups=[0, 0])
+    s = evaluator.summary()
+    check(s, {"num_images": 2, "num_detections": 3, "num_truth": 6, "box_recall": 3 / 6,
+              "group_tp": 2, "num_gt_groups": 3, "num_pred_groups": 2,
+              "group_precision": 1.0, "group_recall": 2 / 3,
+              "group_pq": (2 / 3 + 1.0) / 2.5, "ari": 1.0})  # ARI: the first image only
+    assert DetectionGroupingEvaluator().summary()["group_pq"] == 1.0
+    with pytest.raises(DetgroupError, match="det_scores"):
+        evaluator.update(det_boxes=boxes_at(0), det_scores=[0.5, 0.5], det_categories=[0],
+                         det_groups=[0], gt_boxes=none_boxes(), gt_categories=[], gt_groups=[])
+
+
+def none_boxes() -> np.ndarray:
+    return np.zeros((0, 4))
+
+
+def _coco(boxes: np.ndarray, cats: list[int]) -> dict:
+    anns = [{"id": k + 1, "image_id": 1, "category_id": c,
+             "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}
+            for k, (b, c) in enumerate(zip(boxes.tolist(), cats, strict=True))]
+    return {"images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 50}],
+            "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+            "annotations": anns}
+
+
+def test_coco_box_ap_against_hand_values():
+    truth = _coco(boxes_at(0, 1, 2), [1, 1, 2])
+    perfect = [{**a, "score": 0.9} for a in truth["annotations"]]
+    check(coco_box_ap(truth, perfect), {"cat_ap": 1.0, "cat_ap50": 1.0, "box_ap": 1.0,
+                                        "box_ap50": 1.0})
+    swapped = [{**d, "category_id": 3 - d["category_id"]} for d in perfect]
+    ap = coco_box_ap(truth, swapped)
+    check(ap, {"cat_ap": 0.0, "box_ap": 1.0})
+    check(coco_box_ap(truth, []), {"cat_ap": 0.0, "box_ap50": 0.0})

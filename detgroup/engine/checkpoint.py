@@ -69,6 +69,6 @@ def load_model_from_checkpoint(path: str | Path) -> tuple[nn.Module, Config]:
     """Model (eval mode, CPU) and its config from any detgroup checkpoint."""
     state = load_checkpoint(path)
     cfg = checkpoint_config(state, path)
-    model = build_model(cfg)
+    model = build_model(cfg, pretrained=False)  # the checkpoint's weights replace them
     load_model_weights(model, state, path)
     return model.eval(), cfg

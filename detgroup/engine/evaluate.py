@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,9 +15,10 @@ from scipy.special import expit
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from detgroup.data.coco_groups import CocoGroups, load_coco_groups, read_json
 from detgroup.decoder import Partition, decode, decode_sparse, neighbor_edges
 from detgroup.errors import DetgroupError
-from detgroup.metrics import GroupingEvaluator
+from detgroup.metrics import DetectionGroupingEvaluator, GroupingEvaluator, coco_box_ap
 
 
 @dataclass
@@ -172,4 +175,122 @@ def evaluate(
     n = max(len(per_image), 1)
     summary["model_seconds"] = model_time / n
     summary["decode_seconds"] = decode_time / n
+    return summary, per_image
+
+
+# --- grouping on detected boxes (``detgroup eval --detections``) -----------------------------
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def load_detections(path: str | Path, truth: CocoGroups) -> list[dict[str, Any]]:
+    """Read and check a COCO results file (a list of detections) against its truth file.
+
+    Each detection has ``image_id`` and ``category_id`` of ``truth`` (results must use the
+    truth file's category ids), ``bbox`` [x, y, w, h] px with finite values and w, h >= 0, a
+    finite ``score``, and optionally an integer ``group_id`` (without one a detection is a group
+    of its own, as in COCO with groups).
+
+    Returns:
+        The detections, in file order.
+
+    Raises:
+        DetgroupError: one line naming the file, the detection (its index, and its ``id`` when it
+            has one), its image id and the first problem found.
+    """
+    path = Path(path)
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise DetgroupError(f"{path}: expected COCO results (a JSON list of detections), got a "
+                            f"{type(data).__name__}")
+    image_ids = {int(info["id"]) for info in truth.images}
+    known = ", ".join(f"{c['id']} {c['name']!r}" for c in truth.categories)
+    for k, det in enumerate(data):
+        if not isinstance(det, dict):
+            raise DetgroupError(f"{path}: detection {k} is not a JSON object")
+        where = f"{path}: detection {k}" + (f" (id {det['id']!r})" if "id" in det else "")
+        image_id = det.get("image_id")
+        if not isinstance(image_id, int) or isinstance(image_id, bool) or image_id not in image_ids:
+            raise DetgroupError(f"{where}: image id {image_id!r} is not in {truth.path}")
+        where = f"{where} (image id {image_id})"
+        cat_id = det.get("category_id")
+        if cat_id not in truth.category_ids or isinstance(cat_id, bool):
+            raise DetgroupError(f"{where}: category id {cat_id!r} is not in {truth.path} (its "
+                                f"categories: {known}; results must use the truth file's ids)")
+        if "score" not in det:
+            raise DetgroupError(f"{where}: no 'score'")
+        if not _is_number(det["score"]) or not math.isfinite(det["score"]):
+            raise DetgroupError(f"{where}: 'score' must be a finite number, got {det['score']!r}")
+        bbox = det.get("bbox")
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            raise DetgroupError(f"{where}: 'bbox' must be [x, y, w, h] numbers, got {bbox!r}")
+        if not all(math.isfinite(v) for v in bbox):
+            raise DetgroupError(f"{where}: 'bbox' has a non-finite value {bbox!r}")
+        if bbox[2] < 0 or bbox[3] < 0:
+            raise DetgroupError(f"{where}: 'bbox' has a negative size {bbox!r}")
+        group_id = det.get("group_id", 0)
+        if not isinstance(group_id, int) or isinstance(group_id, bool):
+            raise DetgroupError(f"{where}: 'group_id' must be an integer, got {group_id!r}")
+    return data
+
+
+def _detection_arrays(dets: list[dict[str, Any]], cat_index: dict[int, int]
+                      ) -> dict[str, np.ndarray]:
+    """boxes [D, 4] xyxy px, scores [D], categories [D] class indices, groups [D] dense ids."""
+    boxes = np.array([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]
+    dense: dict[Any, int] = {}
+    groups = [dense.setdefault(d.get("group_id", ("lone", k)), len(dense))
+              for k, d in enumerate(dets)]
+    return {"det_boxes": boxes,
+            "det_scores": np.array([d["score"] for d in dets], dtype=np.float64),
+            "det_categories": np.array([cat_index[d["category_id"]] for d in dets],
+                                       dtype=np.int64),
+            "det_groups": np.array(groups, dtype=np.int64)}
+
+
+def evaluate_detections(
+    detections: str | Path,
+    truth: str | Path,
+    *,
+    min_score: float = 0.0,
+    iou_threshold: float = 0.5,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Score detected, classified and grouped boxes (COCO results with ``group_id``) against a
+    COCO-with-groups truth file.
+
+    Category and box AP (:func:`~detgroup.metrics.coco_box_ap`) use every detection; the
+    grouping metrics (:class:`~detgroup.metrics.DetectionGroupingEvaluator`) use those with
+    ``score >= min_score``. Every truth image is scored, with or without detections.
+
+    Returns:
+        The summary and per-image metrics (``image_id`` plus the metrics; ``ari`` is None for an
+        image without a matched detection).
+    """
+    coco = load_coco_groups(truth)
+    dets = load_detections(detections, coco)
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for det in dets:
+        if det["score"] >= min_score:
+            by_image.setdefault(det["image_id"], []).append(det)
+    cat_index = {cid: k for k, cid in enumerate(coco.category_ids)}
+    evaluator = DetectionGroupingEvaluator(iou_threshold=iou_threshold)
+    per_image: list[dict[str, Any]] = []
+    for info in coco.images:
+        target = coco.targets(info["id"])
+        metrics = evaluator.update(
+            **_detection_arrays(by_image.get(info["id"], []), cat_index),
+            gt_boxes=target["boxes"], gt_categories=target["categories"],
+            gt_groups=target["groups"],
+        )
+        record = {"image_id": int(info["id"]), **metrics}
+        if math.isnan(record["ari"]):
+            record["ari"] = None
+        per_image.append(record)
+    document = {"images": coco.images, "categories": coco.categories,
+                "annotations": [a for anns in coco.anns_by_image.values() for a in anns]}
+    summary = evaluator.summary()
+    summary.update(coco_box_ap(document, dets))
     return summary, per_image

@@ -4,7 +4,8 @@ Boxes come from (a) a COCO(-with-groups) JSON, (b) per-image box lists, or (c) a
 detector whose weights the user gives as a local file. Per-image box lists are either a folder
 with ``<image stem>.json`` (``[[x1, y1, x2, y2], ...]`` or ``{"boxes": [...]}``) or
 ``<image stem>.csv`` (rows ``x1,y1,x2,y2``, an optional header line), or one JSON file mapping
-image file names to such lists.
+image file names to such lists. Without any of these, a model trained with ``model.detector``
+detects the boxes itself: one model file detects, classifies and groups.
 
 Output folder: ``per_image/<stem>.json`` (readable: groups with members, category, score,
 enclosing box), ``overlays/<stem>.png``, ``results.json`` (COCO results with ``group_id`` and
@@ -202,11 +203,16 @@ def run_inference(
     """Group the boxes of every image; returns a summary (counts, failures, timings)."""
     from detgroup.visualize import draw_groups, save_rgb_png
 
-    if (boxes is None) == (detector is None):
-        raise DetgroupError("give exactly one of --boxes and --detector")
+    if boxes is not None and detector is not None:
+        raise DetgroupError("give at most one of --boxes and --detector")
     files = list_images(images)
     grouper = Grouper.from_checkpoint(checkpoint, device=device, method=method,
                                       neighbors=neighbors)
+    # neither: the model detects the boxes itself (trained with model.detector)
+    self_detect = boxes is None and detector is None
+    if self_detect and not grouper.detects:
+        raise DetgroupError(f"{checkpoint}: this model groups given boxes (trained without "
+                            "model.detector): give --boxes or --detector")
     source = BoxSource(boxes) if boxes is not None else None
     det = (Detector(detector, arch=detector_arch, score=detector_score,
                     classes=detector_classes, device=device) if detector is not None else None)
@@ -236,10 +242,13 @@ def run_inference(
             start = time.perf_counter()
             if source is not None:
                 image_id, raw, where = source.boxes(image)
-            else:
+            elif det is not None:
                 image_id, raw, where = None, det(pixels), f"detector on {image}"
+            else:
+                image_id, raw, where = None, None, f"{checkpoint} on {image}"
             image_id = index if image_id is None else image_id
-            box_arr = check_boxes(raw, pixels.shape[0], pixels.shape[1], source=where)
+            box_arr = (None if self_detect else
+                       check_boxes(raw, pixels.shape[0], pixels.shape[1], source=where))
             result = grouper.predict(pixels, box_arr)
             seconds += time.perf_counter() - start
             record = _record(image, image_id, pixels, result)

@@ -34,7 +34,7 @@ from detgroup.data.dataset import GroupDataset, collate_groups
 from detgroup.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from detgroup.engine.evaluate import PostProcess, evaluate, move_batch
 from detgroup.errors import DetgroupError
-from detgroup.losses import GroupCriterion, calibrated_pair_bias
+from detgroup.losses import build_criterion, calibrated_pair_bias
 from detgroup.model.detector import build_model
 
 log = logging.getLogger(__name__)
@@ -229,11 +229,8 @@ def train(
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg).to(device)
-    criterion = GroupCriterion(
-        pair_loss=cfg.loss.pair, cls_weight=cfg.loss.cls_weight, pair_weight=cfg.loss.pair_weight,
-        kcl_margin=cfg.loss.kcl_margin, ae_margin=cfg.loss.ae_margin,
-        pair_balance=cfg.loss.pair_balance,
-    )
+    criterion = build_criterion(cfg)
+    detects = cfg.model.detector.backbone is not None  # the model needs the truth to train
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     sizes = [fit_set.num_boxes(i) for i in range(len(fit_set))]
@@ -315,8 +312,10 @@ def train(
             for batch in bar:
                 batch = move_batch(batch, device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                    truth = ({"categories": batch["categories"], "groups": batch["groups"]}
+                             if detects else {})
                     outputs = model(batch["images"], batch["boxes"], batch["pad_mask"],
-                                    batch["image_sizes"])
+                                    batch["image_sizes"], **truth)
                 losses = criterion(outputs, batch)
                 loss = criterion.total(losses)
                 if not torch.isfinite(loss):

@@ -76,11 +76,56 @@ class GroupingModel(nn.Module):
         return out
 
 
-def build_model(cfg: Config) -> GroupingModel:
-    """The one place that reads the config to build a model (``cfg.category_names`` set)."""
+def build_relation(cfg: Config) -> RelationEncoder:
+    """The relational transformer of ``cfg`` (shared by every model that groups)."""
+    m = cfg.model
+    return RelationEncoder(
+        dim=m.dim,
+        layers=m.relation.layers,
+        heads=m.relation.heads,
+        ffn_mult=m.relation.ffn_mult,
+        dropout=m.relation.dropout,
+    )
+
+
+def build_pair_head(cfg: Config) -> nn.Module:
+    """The pair head that ``cfg.loss.pair`` trains (shared by every model that groups)."""
+    m = cfg.model
+    if cfg.loss.pair == "bce":
+        return PairAffinityHead(
+            dim=m.dim, hidden=m.pair_hidden, chunk=m.pair_chunk, layout=m.pair_layout_features
+        )
+    if cfg.loss.pair in ("kcl", "mcl"):
+        return AssignmentHead(dim=m.dim, num_clusters=m.num_clusters)
+    return EmbeddingHead(dim=m.dim, embed_dim=m.embed_dim, margin=cfg.loss.ae_margin)
+
+
+def build_model(cfg: Config, *, pretrained: bool = True) -> nn.Module:
+    """The one place that reads the config to build a model (``cfg.category_names`` set).
+
+    A :class:`GroupingModel`, or with ``model.detector.backbone`` set a
+    :class:`~detgroup.model.grouping_rcnn.GroupingFasterRCNN`. ``pretrained=False`` skips
+    reading ``model.detector.weights`` (a checkpoint's weights replace them anyway).
+    """
     if not cfg.category_names:
         raise ValueError("cfg.category_names must be filled (from the training data) first")
     m = cfg.model
+    if m.detector.backbone is not None:
+        from detgroup.model.grouping_rcnn import build_grouping_faster_rcnn
+
+        d = m.detector
+        return build_grouping_faster_rcnn(
+            backbone=d.backbone, num_classes=len(cfg.category_names), dim=m.dim,
+            relation=build_relation(cfg), pair_head=build_pair_head(cfg),
+            weights=d.weights if pretrained else None, min_size=d.min_size,
+            max_size=d.max_size, score_threshold=d.score_threshold, nms_iou=d.nms_iou,
+            agnostic_nms_iou=d.agnostic_nms_iou, detections_per_image=d.detections_per_image,
+            rpn_post_nms_top_n_train=d.rpn_post_nms_top_n_train,
+            rpn_post_nms_top_n_test=d.rpn_post_nms_top_n_test,
+            box_batch_size_per_image=d.box_batch_size_per_image,
+            proposal_tokens=d.proposal_tokens, proposal_iou=d.proposal_iou,
+            roi_context=m.roi_context,
+        )
     backbone = build_backbone(
         name=m.backbone.name,
         weights=m.backbone.weights,
@@ -98,25 +143,10 @@ def build_model(cfg: Config) -> GroupingModel:
         context=m.roi_context,
         canonical_scale=m.roi_canonical_scale,
     )
-    relation = RelationEncoder(
-        dim=m.dim,
-        layers=m.relation.layers,
-        heads=m.relation.heads,
-        ffn_mult=m.relation.ffn_mult,
-        dropout=m.relation.dropout,
-    )
-    if cfg.loss.pair == "bce":
-        pair_head: nn.Module = PairAffinityHead(
-            dim=m.dim, hidden=m.pair_hidden, chunk=m.pair_chunk, layout=m.pair_layout_features
-        )
-    elif cfg.loss.pair in ("kcl", "mcl"):
-        pair_head = AssignmentHead(dim=m.dim, num_clusters=m.num_clusters)
-    else:
-        pair_head = EmbeddingHead(dim=m.dim, embed_dim=m.embed_dim, margin=cfg.loss.ae_margin)
     return GroupingModel(
         backbone=backbone,
         tokenizer=tokenizer,
-        relation=relation,
+        relation=build_relation(cfg),
         category_head=CategoryHead(dim=m.dim, num_classes=len(cfg.category_names)),
-        pair_head=pair_head,
+        pair_head=build_pair_head(cfg),
     )
