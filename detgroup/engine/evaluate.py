@@ -61,6 +61,11 @@ class PostProcess:
                    pair_bias=decoder.pair_bias if pair_bias is None else pair_bias,
                    neighbors=decoder.neighbors if neighbors is None else neighbors)
 
+    def settings(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`detgroup.decoder.partition` that decode as this does."""
+        return {"method": self.method, "consistency": self.consistency,
+                "pair_bias": float(self.pair_bias), "neighbors": int(self.neighbors)}
+
     def decode(self, pair_logits: np.ndarray, class_logits: np.ndarray | None,
                boxes: np.ndarray) -> Partition:
         """Partition of one image: pair_logits [N, N] (bias added), class_logits [N, C] or None,
@@ -158,7 +163,8 @@ def evaluate(
             real = ~batch["pad_mask"][b]
             gt_cat = batch["categories"][b][real].cpu().numpy()
             gt_grp = batch["groups"][b][real].cpu().numpy()
-            metrics = evaluator.update(gt_cat, gt_grp, pred.categories, pred.groups)
+            known = batch["group_known"][b][real].cpu().numpy() if "group_known" in batch else None
+            metrics = evaluator.update(gt_cat, gt_grp, pred.categories, pred.groups, known)
             per_image.append({"image_id": pred.image_id, **metrics})
     model.train(was_training)
     summary = evaluator.summary()
