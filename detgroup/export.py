@@ -59,8 +59,13 @@ class SingleImageNetwork(nn.Module):
         Returns:
             class_logits [N, C] and pair_logits [N, N].
         """
-        # A tensor read of the shape (not Python ints), so that H, W stay symbolic in a trace.
-        image_sizes = torch._shape_as_tensor(image)[2:].unsqueeze(0)  # [1, 2] (H, W)
+        if torch.compiler.is_exporting():
+            # torch.export keeps H, W symbolic as they are
+            image_sizes = torch.tensor([[image.shape[2], image.shape[3]]], device=image.device)
+        else:
+            # A tensor read of the shape (not Python ints), so that H, W stay symbolic in a trace.
+            image_sizes = torch._shape_as_tensor(image)[2:].unsqueeze(0)  # [1, 2] (H, W)
+        boxes = boxes.to(image.dtype)  # float64 boxes (numpy's default) are cast, not refused
         out = self.model(image, boxes.unsqueeze(0), None, image_sizes)
         return out["pred_logits"][0], out["pred_affinity"][0]
 

@@ -42,7 +42,6 @@ from detgroup.atomic import atomic_write_json, remove_stale_temp_files
 from detgroup.data.box_files import parse_box_list, read_box_file
 from detgroup.data.coco_groups import CocoGroups, load_coco_groups, read_json
 from detgroup.data.images import read_image_rgb
-from detgroup.engine.device import resolve_device
 from detgroup.errors import DetgroupError
 from detgroup.inference import Grouper, GroupResult, check_boxes
 
