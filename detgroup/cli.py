@@ -197,10 +197,18 @@ def cmd_viz(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from detgroup.export import export_model
+    from detgroup.export import decoder_settings_path, export_model
 
     path = export_model(args.checkpoint, args.format, args.out)
-    print(f"exported {args.format} -> {path}")
+    settings = decoder_settings_path(path)
+    print(f"exported {args.format} -> {path}; decoder settings -> {settings}")
+    load = {"torch-export": f"import torchvision; torch.export.load({str(path)!r}).module()",
+            "torchscript": f"import torchvision (first: it registers roi_align); "
+                           f"torch.jit.load({str(path)!r})",
+            "onnx": f"onnxruntime.InferenceSession({str(path)!r})"}[args.format]
+    print(f"  load: {load}")
+    print("  decode: detgroup.partition(pair_logits, class_logits, boxes=boxes, "
+          f"**json.load(open({str(settings)!r})))")
     return 0
 
 

@@ -13,7 +13,7 @@ from scipy.special import expit
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from detgroup.decoder import Partition, decode, decode_sparse, neighbor_edges
+from detgroup.decoder import Partition, decode_on_neighbors
 from detgroup.errors import DetgroupError
 from detgroup.metrics import GroupingEvaluator
 
@@ -70,13 +70,9 @@ class PostProcess:
                boxes: np.ndarray) -> Partition:
         """Partition of one image: pair_logits [N, N] (bias added), class_logits [N, C] or None,
         boxes [N, 4] xyxy px; on the k-nearest-neighbour graph when ``neighbors`` > 0."""
-        if self.neighbors <= 0 or len(boxes) <= self.neighbors + 1:
-            return decode(pair_logits, class_logits, method=self.method,
-                          consistency=self.consistency, boxes=boxes)
-        edges = neighbor_edges(boxes, self.neighbors)  # [E, 2]
-        return decode_sparse(len(boxes), edges, pair_logits[edges[:, 0], edges[:, 1]],
-                             class_logits, method=self.method, consistency=self.consistency,
-                             boxes=boxes)
+        return decode_on_neighbors(pair_logits, class_logits, method=self.method,
+                                   consistency=self.consistency, boxes=boxes,
+                                   neighbors=self.neighbors)
 
     @torch.no_grad()
     def __call__(
