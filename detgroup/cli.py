@@ -352,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True, help="model.pt of a run")
     p.add_argument("--images", required=True,
                    help="an image, a folder (searched with its subfolders; with a COCO --boxes "
-                        "file: the images it lists, file_name under the folder) or a glob")
+                        "file each image is matched to the file_name of its relative path) "
+                        "or a glob")
     p.add_argument("--boxes", type=Path,
                    help="COCO(-with-groups) JSON, or a folder / file of per-image box lists "
                         "(CSV header x1,y1,x2,y2 or x,y,w,h; JSON [[x1, y1, x2, y2], ...]). "

@@ -8,8 +8,8 @@ or one JSON file mapping image file names to box lists; their formats are those 
 
 Images are keyed by their file name *relative to the images folder* (subfolders kept, as COCO's
 ``file_name``) and, with a COCO box file, by its image id: ``a/x.png`` and ``b/x.png`` are two
-images everywhere. With a COCO box file and an images folder, the images are those the file
-lists (``file_name`` under the folder); otherwise a folder is searched recursively.
+images everywhere. A folder is searched with its subfolders; with a COCO box file each image
+found is matched to the COCO image of its relative file name.
 
 Output folder: ``per_image/<name>.json`` (readable: groups with members, category, score,
 enclosing box), ``overlays/<name>.png``, where ``<name>`` is the relative file name without its
@@ -154,19 +154,22 @@ class BoxSource:
         return [ids[n] for n in names]
 
     def inputs(self, images: str) -> list[InputImage | str]:
-        """The images to group (a failure message for a file the COCO source lacks)."""
-        root = Path(images)
-        if self.coco is not None and root.is_dir():
-            return [InputImage(root / info["file_name"], info["file_name"], int(info["id"]))
-                    for info in self.coco.images]
+        """The images to group (a failure message for a file the COCO source lacks).
+
+        Every image file found (a folder: with its subfolders) is matched to the COCO image of
+        the same relative ``file_name`` (else of the one ``file_name`` that ends in the file's
+        path, or that the file's relative name ends in); COCO images without a file are not
+        inputs.
+        """
         found = list_images(images)
         if self.coco is None:
             return [InputImage(p, n, k) for k, (p, n) in enumerate(found, start=1)]
         out: list[InputImage | str] = []
         for path, name in found:
-            key = _match_name(path.as_posix(), self.by_name) or _match_name(name, self.by_name)
+            key = _match_name(name, self.by_name) or _match_name(path.as_posix(), self.by_name)
             if key is None:
-                out.append(f"{self.spec}: no image with file name {name!r}")
+                out.append(f"{self.spec}: no image with file name {name!r} (or several whose "
+                           "file_name ends in it)")
             else:
                 info = self.by_name[key]
                 out.append(InputImage(path, info["file_name"], int(info["id"])))
