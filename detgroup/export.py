@@ -13,8 +13,9 @@ pair logits out. The partition decoder is not part of it: it stays in numpy
 * All N² pairs are computed at once (the eager model's row chunking for large N is not traced).
 * ``torch-export`` (recommended; TorchScript is deprecated): ``torch.export.export`` with
   symbolic N (1 to :data:`MAX_BOXES`), H and W (32 to 32768), saved by ``torch.export.save``;
-  load with ``torch.export.load(path).module()``. Its RoI pooling is
-  :class:`FixedScaleRoIAlign` (the same values without data-dependent indexing).
+  load with ``torch.export.load(path).module()`` (after ``import torchvision``, as below).
+  Its RoI pooling is :class:`FixedScaleRoIAlign` (the same values without data-dependent
+  indexing).
 * ``torchscript`` and ``onnx`` are traced (``torch.jit.trace``; ONNX with the TorchScript-based
   exporter, opset :data:`ONNX_OPSET`, which needs the ``onnx`` package:
   ``pip install 'detgroup[export]'``). The TorchScript graph calls ``torchvision::roi_align``:

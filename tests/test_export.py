@@ -219,3 +219,26 @@ def test_cli_export_says_how_to_load_and_decode(checkpoints: dict[str, Path], tm
     text = capsys.readouterr().out
     assert "import torchvision" in text and "torch.jit.load" in text
     assert "model.decoder.json" in text and "partition(" in text
+
+
+@pytest.mark.parametrize(("fmt", "load"), [("torch-export", "torch.export.load(p).module()"),
+                                           ("torchscript", "torch.jit.load(p)")])
+def test_exports_load_in_a_fresh_process_after_import_torchvision(
+    checkpoints: dict[str, Path], tmp_path: Path, fmt: str, load: str
+) -> None:
+    """What the README and the export message say: torchvision registers roi_align, so it is
+    imported before loading; without it loading fails."""
+    import os
+    import subprocess
+    import sys
+
+    out = export_model(checkpoints["bce"], fmt, tmp_path / "model.bin")
+    run = ("import sys, torch{extra}; p = sys.argv[1]; net = " + load + "; print(tuple(net("
+           "torch.rand(1, 3, 64, 64), torch.tensor([[1., 2, 30, 40]]))[1].shape))")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    ok = subprocess.run([sys.executable, "-c", run.format(extra=", torchvision"), str(out)],
+                        capture_output=True, text=True, timeout=300, env=env)
+    assert ok.returncode == 0 and "(1, 1)" in ok.stdout, ok.stderr[-2000:]
+    bare = subprocess.run([sys.executable, "-c", run.format(extra=""), str(out)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert bare.returncode != 0 and "roi_align" in bare.stderr

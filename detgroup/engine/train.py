@@ -437,5 +437,6 @@ def _tensorboard(out: Path, enabled: bool) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise DetgroupError("train.tensorboard=true needs the 'tensorboard' package") from None
+        raise DetgroupError("train.tensorboard=true needs the 'tensorboard' package: "
+                            "pip install 'detgroup[tensorboard]'") from None
     return SummaryWriter(str(out / "tensorboard"))
