@@ -55,10 +55,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from detgroup.data.coco_groups import load_coco_groups
 
-    coco = load_coco_groups(args.ann, images_dir=args.images, tolerance=args.tolerance)
-    boxes = sum(len(v) for v in coco.anns_by_image.values())
-    print(f"{args.ann}: valid: {len(coco)} images, {boxes} boxes, categories "
-          f"{coco.category_names}" + (" (image files checked)" if args.images else ""))
+    coco = load_coco_groups(args.ann, images_dir=args.images, tolerance=args.tolerance,
+                            clip=args.clip)
+    counts = coco.group_label_counts()
+    print(f"{args.ann}: valid: {len(coco)} images, {counts['boxes']} boxes, categories "
+          f"{coco.category_names}" + (" (image files checked)" if args.images else "")
+          + (" (boxes clipped to their images)" if args.clip else ""))
+    print(f"  {counts['without_group_id']} boxes without group_id (each a group of its own), "
+          f"{counts['group_unknown']} with group_id -1 (group unknown: left out of the pair "
+          "loss and the grouping metrics)")
+    if counts["boxes"] == 0:
+        print("  warning: no boxes: nothing to train on or score")
     return 0
 
 
@@ -110,9 +117,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _eval_loader(args: argparse.Namespace, batch_size: int) -> Any:
     from torch.utils.data import DataLoader
 
+    from detgroup.data.coco_groups import load_coco_groups
     from detgroup.data.dataset import GroupDataset, collate_groups
 
-    dataset = GroupDataset(args.data, args.images)
+    coco = load_coco_groups(args.data, clip=args.clip)
+    counts = coco.group_label_counts()
+    if counts["boxes"] == 0:
+        raise DetgroupError(f"{args.data}: no boxes in its {len(coco)} images: there is nothing "
+                            "to score (every metric would be undefined)")
+    if counts["group_unknown"] == counts["boxes"]:
+        raise DetgroupError(f"{args.data}: every box has group_id -1 (group unknown): the "
+                            "grouping metrics are undefined")
+    dataset = GroupDataset(coco, args.images)
     return dataset, DataLoader(dataset, batch_size=batch_size, collate_fn=collate_groups)
 
 
@@ -142,12 +158,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.checkpoint is None or args.images is None:
         raise DetgroupError("give --checkpoint and --images (score a model), or --detections "
                             "(score a results file)")
-    import torch
-
     from detgroup.atomic import atomic_write_json
     from detgroup.engine.checkpoint import load_model_from_checkpoint
+    from detgroup.engine.device import resolve_device
     from detgroup.engine.evaluate import PostProcess, evaluate
 
+    device = resolve_device(args.device)
     model, cfg = load_model_from_checkpoint(args.checkpoint)
     dataset, loader = _eval_loader(args, cfg.data.batch_size)
     if dataset.category_names != cfg.category_names:
@@ -173,14 +189,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
                               f"{post.pair_bias:+.3f}, neighbors {post.neighbors}")])
     summary, per_image = evaluate(
         model, loader, num_classes=len(cfg.category_names), postprocess=post,
-        device=torch.device(args.device), progress=True,
+        device=device, progress=True,
         on_image=None if report is None else report.add,
     )
     if args.per_image:
         atomic_write_json(args.per_image, per_image, indent=1)
     index = None if report is None else report.write(args.report, summary)
-    print(f"{args.data}: {summary['num_images']} images, {summary['num_boxes']} boxes")
-    _print_table([(k, v) for k, v in summary.items() if k not in ("num_images", "num_boxes")])
+    unknown = summary["num_boxes"] - summary["num_grouped_boxes"]
+    print(f"{args.data}: {summary['num_images']} images, {summary['num_boxes']} boxes"
+          + (f" ({unknown} of unknown group: in the category metrics only)" if unknown else ""))
+    counts = ("num_images", "num_boxes", "num_grouped_boxes")
+    _print_table([(k, v) for k, v in summary.items() if k not in counts])
     if index is not None:
         print(f"report -> {index}")
     if args.json:
@@ -200,7 +219,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         detector_score=args.detector_score, detector_classes=args.detector_classes,
         device=args.device, method=args.method, neighbors=args.neighbors,
         overlays=not args.no_overlays,
-        heatmap=args.heatmap, resume=not args.no_resume,
+        heatmap=args.heatmap, resume=not args.no_resume, clip=args.clip,
     )
     print(f"{summary['images_done']} images grouped, {summary['images_skipped']} already done, "
           f"{summary['images_failed']} failed -> {args.out}")
@@ -227,10 +246,18 @@ def cmd_viz(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from detgroup.export import export_model
+    from detgroup.export import decoder_settings_path, export_model
 
     path = export_model(args.checkpoint, args.format, args.out)
-    print(f"exported {args.format} -> {path}")
+    settings = decoder_settings_path(path)
+    print(f"exported {args.format} -> {path}; decoder settings -> {settings}")
+    load = {"torch-export": f"import torchvision; torch.export.load({str(path)!r}).module()",
+            "torchscript": f"import torchvision (first: it registers roi_align); "
+                           f"torch.jit.load({str(path)!r})",
+            "onnx": f"onnxruntime.InferenceSession({str(path)!r})"}[args.format]
+    print(f"  load: {load}")
+    print("  decode: detgroup.partition(pair_logits, class_logits, boxes=boxes, "
+          f"**json.load(open({str(settings)!r})))")
     return 0
 
 
@@ -254,41 +281,75 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, except where there is none to show (None, a
+    flag that is off) or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def _add_neighbors(p: argparse.ArgumentParser) -> None:
     p.add_argument("--neighbors", type=_non_negative_int, default=None,
                    help="decode only the pairs among each box's k nearest boxes; 0: every pair "
                         "(default: the checkpoint's decoder.neighbors)")
 
 
+def _add_decoder(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=["gaec-kl", "average", "components", "exact"],
+                   help="partition decoder (default: the checkpoint's decoder.method)")
+    _add_neighbors(p)
+
+
+def _add_clip(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clip", action="store_true",
+                   help="clip boxes that extend outside their image (more than 1 px) instead of "
+                        "refusing them")
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    from detgroup.engine.device import DEVICE_HELP
+
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="detgroup",
         description="Supervised grouping of detected objects: a category and a group per box.",
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="synth -> train -> eval -> infer -> overlays, one folder")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter)
+
+    p = command("demo", "synth -> train -> eval -> infer -> overlays, one folder")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     p.add_argument("--quick", action="store_true", help="a tiny run (seconds) to check set-up")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("synth", help="generate the synthetic 'pets in groups' set")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--images", type=int, help="training images (val gets a fifth as many)")
-    p.add_argument("--seed", type=int)
+    p = command("synth", "generate the synthetic 'pets in groups' set")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--images", type=int,
+                   help="training images; val gets a fifth as many (default: synth.num_train)")
+    p.add_argument("--seed", type=int, help="generator seed (default: synth.seed)")
     p.add_argument("--config", help="YAML config whose 'synth' section is used")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="synth knobs, e.g. --set ambiguous_fraction=0.2 clutter=4")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("data", help="convert a real data set to COCO with groups")
-    p.add_argument("dataset", choices=["funsd", "omniglot"])
+    p = command("data", "convert a real data set to COCO with groups")
+    p.add_argument("dataset", choices=["funsd", "omniglot"], help="which set")
     p.add_argument("--src", type=Path, required=True,
                    help="FUNSD training_data or testing_data folder; Omniglot folder with the npz")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the scenes")
     p.add_argument("--val-forms", type=int, default=30, help="FUNSD: forms held out for val")
     p.add_argument("--split", choices=["train", "test"],
                    help="FUNSD: force train/val or test (default: testing_data -> test)")
@@ -303,34 +364,34 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of held out as unseen")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("validate", help="check a COCO-with-groups file (and its images)")
-    p.add_argument("ann", type=Path)
+    p = command("validate", "check a COCO-with-groups file (and its images)")
+    p.add_argument("ann", type=Path, help="COCO-with-groups JSON file")
     p.add_argument("--images", type=Path, help="folder of the images: decode and size-check each")
     p.add_argument("--tolerance", type=float, default=1.0,
                    help="pixels a box may extend outside its image")
+    _add_clip(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("train", help="train a model from a config")
-    p.add_argument("--config", help="YAML recipe (configs/*.yaml); defaults: synthetic recipe")
-    p.add_argument("--out", type=Path)
+    p = command("train", "train a model from a config")
+    p.add_argument("--config", help="YAML recipe (configs/*.yaml); default: the synthetic recipe")
+    p.add_argument("--out", type=Path, help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", help="auto, cpu or cuda (default: the config's train.device)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(
-        "eval", help="score a checkpoint, or a detections file, on a COCO-with-groups file",
-        description="Score a checkpoint on a COCO-with-groups file (--checkpoint, --images), or "
-                    "score detected, classified and grouped boxes (--detections: COCO results "
-                    "with group_id, e.g. the results.json of infer) against it: detections are "
-                    "matched one-to-one to truth boxes at IoU >= 0.5 in order of score; category "
-                    "and box AP by pycocotools; group precision/recall/F1, exact-group F1 and "
-                    "Group PQ with unmatched detections as false members and missed boxes as "
-                    "missing members.",
+    p = command("eval", "score a checkpoint, or a detections file, on a COCO-with-groups file")
+    p.description = (
+        "Score a checkpoint on a COCO-with-groups file (--checkpoint, --images), or score "
+        "detected, classified and grouped boxes (--detections: COCO results with group_id, e.g. "
+        "the results.json of infer) against it: detections are matched one-to-one to truth boxes "
+        "at IoU >= 0.5 in order of score; category and box AP by pycocotools; group "
+        "precision/recall/F1, exact-group F1 and Group PQ with unmatched detections as false "
+        "members and missed boxes as missing members."
     )
-    p.add_argument("--checkpoint", type=Path, help="the model to score (with --images)")
-    p.add_argument("--data", type=Path, required=True, help="the truth: COCO with groups")
-    p.add_argument("--images", type=Path, help="the folder of the images of --data")
+    p.add_argument("--checkpoint", type=Path, help="model.pt of a run (with --images)")
+    p.add_argument("--data", type=Path, required=True, help="COCO-with-groups file (the truth)")
+    p.add_argument("--images", type=Path, help="folder its file_names are under")
     p.add_argument("--detections", type=Path,
                    help="COCO results JSON (image_id, bbox, category_id, score, group_id) to "
                         "score instead of a checkpoint; image_id and category_id must be the "
@@ -338,13 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-score", type=float, default=0.0,
                    help="with --detections: group metrics use detections of at least this score "
                         "(AP uses all)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--method", choices=["gaec-kl", "average", "components", "exact"])
-    p.add_argument("--consistency", choices=["joint", "forbid"])
-    _add_neighbors(p)
+    _add_device(p)
+    _add_decoder(p)
+    p.add_argument("--consistency", choices=["joint", "forbid"],
+                   help="category consistency of groups (default: the checkpoint's "
+                        "decoder.consistency)")
     p.add_argument("--pair-bias", type=float, default=None,
                    help="added to the pair logits before decoding (default: the checkpoint's "
                         "decoder.pair_bias)")
+    _add_clip(p)
     p.add_argument("--per-image", type=Path, help="write per-image metrics JSON here")
     p.add_argument("--report", type=Path, metavar="DIR",
                    help="write an HTML report into DIR (DIR/index.html: metrics, worst images "
@@ -357,43 +420,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("infer", help="group the boxes of new images")
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--images", required=True, help="an image, a folder or a glob")
+    p = command("infer", "group the boxes of new images")
+    p.add_argument("--checkpoint", type=Path, required=True, help="model.pt of a run")
+    p.add_argument("--images", required=True,
+                   help="an image, a folder (searched with its subfolders; with a COCO --boxes "
+                        "file each image is matched to the file_name of its relative path) "
+                        "or a glob")
     p.add_argument("--boxes", type=Path,
                    help="COCO(-with-groups) JSON, or a folder / file of per-image box lists "
-                        "(without --boxes and --detector: a model trained with model.detector "
-                        "detects the boxes itself)")
-    p.add_argument("--detector", type=Path, help="local torchvision detector weights file")
+                        "(CSV header x1,y1,x2,y2 or x,y,w,h; JSON [[x1, y1, x2, y2], ...]); "
+                        "results.json then uses the COCO file's category ids (by name). Without "
+                        "--boxes and --detector: a model trained with model.detector detects the "
+                        "boxes itself")
+    p.add_argument("--detector", type=Path,
+                   help="local torchvision detector weights file; results.json then uses "
+                        "category ids 1..C in the order of the checkpoint's category_names")
     p.add_argument("--detector-arch", default="fasterrcnn_resnet50_fpn",
-                   choices=["fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn"])
-    p.add_argument("--detector-score", type=float, default=0.5)
+                   choices=["fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn"],
+                   help="architecture of the detector weights")
+    p.add_argument("--detector-score", type=float, default=0.5,
+                   help="keep detections scoring at least this")
     p.add_argument("--detector-classes", type=int, nargs="*", help="keep only these labels")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--method", choices=["gaec-kl", "average", "components", "exact"])
-    _add_neighbors(p)
-    p.add_argument("--no-overlays", action="store_true")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_device(p)
+    _add_decoder(p)
+    _add_clip(p)
+    p.add_argument("--no-overlays", action="store_true", help="write no overlay PNGs")
     p.add_argument("--heatmap", action="store_true", help="add the affinity heat map to overlays")
     p.add_argument("--no-resume", action="store_true", help="redo images already done in OUT")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.set_defaults(func=cmd_infer)
 
-    p = sub.add_parser("viz", help="draw ground truth or results as overlays")
+    p = command("viz", "draw ground truth or results as overlays")
     p.add_argument("--data", type=Path, required=True,
                    help="COCO-with-groups file or detgroup results JSON")
-    p.add_argument("--images", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--images", type=Path, required=True, help="folder its file_names are under")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--truth", type=Path, metavar="ANN.json",
                    help="ground truth of the same images: --data is then the predictions, and "
                         "each PNG shows truth | prediction with matched group colours")
-    p.add_argument("--limit", type=int, default=0, help="draw at most this many images")
+    p.add_argument("--limit", type=int, default=0, help="draw at most this many images (0: all)")
     p.set_defaults(func=cmd_viz)
 
-    p = sub.add_parser("export", help="export the network to TorchScript or ONNX")
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p = command("export", "export the network to torch.export (.pt2), TorchScript or ONNX")
+    p.add_argument("--checkpoint", type=Path, required=True, help="model.pt of a run")
+    p.add_argument("--format", choices=["torch-export", "torchscript", "onnx"], required=True,
+                   help="torch-export: an ExportedProgram (.pt2, torch.export.load; the "
+                        "recommended one); torchscript: torch.jit.load after import "
+                        "torchvision; onnx: needs the export extra")
+    p.add_argument("--out", type=Path, required=True,
+                   help="file to write; the decoder settings go beside it as "
+                        "<out without suffix>.decoder.json")
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from detgroup.data.synth import SynthConfig
@@ -242,26 +243,64 @@ def _check(cfg: Config) -> None:
             raise DetgroupError(f"config: {message}")
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: where, and what (tabs named as such)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    if "'\\t'" in problem or "\t" in problem:
+        problem = "a tab character (YAML indents with spaces only)"
+    return f"YAML syntax error at {where}{problem}"
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    """A YAML config file as a mapping; every way it can be unreadable is a DetgroupError."""
+    if not path.is_file():
+        raise DetgroupError(f"{path}: config file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DetgroupError(f"{path}: cannot read config file ({err})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise DetgroupError(f"{path}: {_yaml_problem(err)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise DetgroupError(
+            f"{path}: the top level of a config must be a mapping of sections (data:, model:, "
+            f"...), got a {type(data).__name__}"
+        )
+    bad_keys = [k for k in data if not isinstance(k, str)]
+    if bad_keys:
+        raise DetgroupError(f"{path}: config key {bad_keys[0]!r} is not a name")
+    return OmegaConf.create(data)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file at ``path`` (if any), then ``key=value`` overrides."""
     try:
         cfg = OmegaConf.structured(Config)
         if path is not None:
             path = Path(path)
-            if not path.is_file():
-                raise DetgroupError(f"{path}: config file not found")
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            cfg = OmegaConf.merge(cfg, _read_yaml(path))
         if overrides:
             bad = [o for o in overrides if "=" not in o]
             if bad:
                 raise DetgroupError(f"config override {bad[0]!r} is not of the form key=value")
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+            try:
+                dotlist = OmegaConf.from_dotlist(list(overrides))
+            except yaml.YAMLError as err:
+                raise DetgroupError(f"config overrides: {_yaml_problem(err)}") from None
+            cfg = OmegaConf.merge(cfg, dotlist)
         result = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
         where = f"{path}: " if path is not None else ""
         key = getattr(err, "full_key", None)
         first_line = str(err).splitlines()[0]
-        raise DetgroupError(f"{where}config key {key!r}: {first_line}") from None
+        what = f"config key {key!r}" if key else "config"
+        raise DetgroupError(f"{where}{what}: {first_line}") from None
     assert isinstance(result, Config)
     _check(result)
     return result

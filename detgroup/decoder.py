@@ -114,6 +114,7 @@ __all__ = [
     "decode_sparse",
     "neighbor_edges",
     "objective",
+    "decode_on_neighbors",
     "partition",
     "partition_sparse",
 ]
@@ -227,10 +228,60 @@ def partition(
     *,
     consistency: str = "joint",
     boxes: np.ndarray | None = None,
+    pair_bias: float = 0.0,
+    neighbors: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Categories int64 [N] and per-category group ids int64 [N]; see ``decode``."""
-    result = decode(pair_logits, class_logits, method, consistency, boxes)
+    """Categories int64 [N] and per-category group ids int64 [N]; see ``decode``.
+
+    ``pair_bias`` is added to ``pair_logits`` before decoding (a checkpoint's calibrated
+    ``decoder.pair_bias``); ``neighbors`` k > 0 decodes only the pairs among each box's k
+    nearest boxes (:func:`decode_on_neighbors`; needs ``boxes``). With the settings a
+    ``Grouper`` uses (``Grouper.decoder_settings``, or the ``.decoder.json`` that
+    ``detgroup export`` writes) this gives ``Grouper.predict``'s categories and groups:
+    ``partition(pair_logits, class_logits, boxes=boxes, **settings)``.
+    """
+    w = np.asarray(pair_logits)
+    if w.ndim == 2 and w.shape[0] == w.shape[1] and np.issubdtype(w.dtype, np.floating):
+        w = w + np.asarray(pair_bias, dtype=w.dtype)
+        w = (w + w.T) / 2  # as the post-processing of the model does, in the input's precision
+    else:
+        w = _as_pair_logits(pair_logits) + pair_bias
+    result = decode_on_neighbors(w, class_logits, method=method, consistency=consistency,
+                                 boxes=boxes, neighbors=neighbors)
     return result.categories, result.groups
+
+
+def decode_on_neighbors(
+    pair_logits: np.ndarray,
+    class_logits: np.ndarray | None = None,
+    *,
+    method: str = "gaec-kl",
+    consistency: str = "joint",
+    boxes: np.ndarray | None = None,
+    neighbors: int = 0,
+) -> Partition:
+    """``decode`` on every pair (``neighbors`` 0, or N <= k + 1), else ``decode_sparse`` on the
+    pairs among each box's k nearest boxes (:func:`neighbor_edges`; other pairs neutral).
+
+    pair_logits [N, N] symmetric, class_logits [N, C] or None, boxes [N, 4] xyxy (needed when
+    ``neighbors`` > 0).
+    """
+    if isinstance(neighbors, bool) or not isinstance(neighbors, int | np.integer) \
+            or neighbors < 0:
+        raise DetgroupError(f"neighbors must be an int >= 0 (0: every pair), got {neighbors!r}")
+    n = np.shape(pair_logits)[0] if np.ndim(pair_logits) else 0
+    if neighbors == 0 or n <= neighbors + 1:
+        return decode(pair_logits, class_logits, method=method, consistency=consistency,
+                      boxes=boxes)
+    if boxes is None:
+        raise DetgroupError(f"neighbors={neighbors} decodes on the nearest boxes: give boxes")
+    if method == "exact":
+        raise DetgroupError("decoder method 'exact' decodes every pair; it cannot be used "
+                            f"with neighbors={neighbors} (use neighbors 0)")
+    edges = neighbor_edges(boxes, neighbors)  # [E, 2]
+    w = np.asarray(pair_logits)
+    return decode_sparse(n, edges, w[edges[:, 0], edges[:, 1]], class_logits, method=method,
+                         consistency=consistency, boxes=boxes)
 
 
 def decode_sparse(

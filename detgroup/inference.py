@@ -13,6 +13,7 @@ from detgroup.config import Config
 from detgroup.data.dataset import collate_groups
 from detgroup.data.images import read_image_rgb, to_rgb_uint8
 from detgroup.engine.checkpoint import load_model_from_checkpoint
+from detgroup.engine.device import resolve_device
 from detgroup.engine.evaluate import ImagePrediction, PostProcess
 from detgroup.errors import DetgroupError
 from detgroup.model.detector import GroupingModel
@@ -65,8 +66,17 @@ class GroupResult:
         return records
 
 
-def check_boxes(boxes: Any, height: int, width: int, *, source: str = "boxes") -> np.ndarray:
-    """Validate user boxes ``[N, 4]`` xyxy px and clip them to the image; return float32."""
+def check_boxes(
+    boxes: Any, height: int, width: int, *, source: str = "boxes", clip: bool = False,
+    tolerance: float = 1.0,
+) -> np.ndarray:
+    """Validate user boxes ``[N, 4]`` xyxy px against a ``width`` x ``height`` image.
+
+    The rule of every box source (COCO files too): a box may extend up to ``tolerance`` px
+    outside the image (it is kept as it is); further out it is an error unless ``clip``, which
+    clips every box to the image. A box with no area inside the image is always an error.
+    Returns float32 [N, 4].
+    """
     try:
         arr = np.asarray(boxes, dtype=np.float32)
     except (TypeError, ValueError):
@@ -78,16 +88,31 @@ def check_boxes(boxes: Any, height: int, width: int, *, source: str = "boxes") -
     bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
     if bad.size:
         raise DetgroupError(f"{source}: box {bad[0]} has a non-finite coordinate {arr[bad[0]]}")
-    arr = arr.copy()
-    arr[:, [0, 2]] = arr[:, [0, 2]].clip(0, width)
-    arr[:, [1, 3]] = arr[:, [1, 3]].clip(0, height)
     bad = np.flatnonzero((arr[:, 2] <= arr[:, 0]) | (arr[:, 3] <= arr[:, 1]))
     if bad.size:
         raise DetgroupError(
-            f"{source}: box {bad[0]} {boxes[bad[0]] if hasattr(boxes, '__getitem__') else ''} "
-            "has no area inside the image (need x1 < x2 and y1 < y2, xyxy pixels)"
+            f"{source}: box {bad[0]} {arr[bad[0]].tolist()} is empty or inside out "
+            "(need x1 < x2 and y1 < y2, xyxy pixels)"
         )
-    return arr
+    clipped = arr.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
+    bad = np.flatnonzero((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
+    if bad.size:
+        raise DetgroupError(
+            f"{source}: box {bad[0]} {arr[bad[0]].tolist()} has no area inside the image "
+            f"({width}x{height})"
+        )
+    if not clip:
+        out = np.flatnonzero((np.abs(clipped - arr) > tolerance).any(axis=1))
+        if out.size:
+            raise DetgroupError(
+                f"{source}: box {out[0]} {arr[out[0]].tolist()} extends outside the "
+                f"{width}x{height} image by more than {tolerance} px (use --clip, or "
+                "clip=True, to clip it)"
+            )
+        return arr
+    return clipped
 
 
 class Grouper:
@@ -102,24 +127,39 @@ class Grouper:
         method: str | None = None,
         consistency: str | None = None,
         neighbors: int | None = None,
+        pair_bias: float | None = None,
+        clip: bool = False,
     ) -> None:
         self.device = torch.device(device)
+        self.clip = clip  # clip boxes that leave the image (else they are an error)
         self.model = model.to(self.device).eval()
         self.cfg = cfg
         self.postprocess = PostProcess.from_config(cfg.decoder, method=method,
-                                                   consistency=consistency, neighbors=neighbors)
+                                                   consistency=consistency, neighbors=neighbors,
+                                                   pair_bias=pair_bias)
 
     @classmethod
     def from_checkpoint(
         cls, path: str | Path, *, device: str = "cpu", method: str | None = None,
         consistency: str | None = None, neighbors: int | None = None,
+        pair_bias: float | None = None, clip: bool = False,
     ) -> Grouper:
-        """Load a checkpoint written by ``detgroup train`` (the config travels inside)."""
-        if device == "cuda" and not torch.cuda.is_available():
-            raise DetgroupError("device=cuda but no CUDA device is available")
+        """Load a checkpoint written by ``detgroup train`` (the config travels inside).
+
+        ``device``: ``cpu``, ``cuda`` or ``cuda:K``; the decoder settings default to the
+        checkpoint's ``decoder`` section; ``clip``: clip boxes that leave their image instead of
+        refusing them (:func:`check_boxes`).
+        """
+        torch_device = resolve_device(device)
         model, cfg = load_model_from_checkpoint(path)
-        return cls(model, cfg, device=device, method=method, consistency=consistency,
-                   neighbors=neighbors)
+        return cls(model, cfg, device=torch_device, method=method, consistency=consistency,
+                   neighbors=neighbors, pair_bias=pair_bias, clip=clip)
+
+    @property
+    def decoder_settings(self) -> dict[str, Any]:
+        """The decoder's settings as keyword arguments of :func:`detgroup.decoder.partition`
+        (``method``, ``consistency``, ``pair_bias``, ``neighbors``)."""
+        return self.postprocess.settings()
 
     @property
     def category_names(self) -> list[str]:
@@ -139,7 +179,7 @@ class Grouper:
             pixels = to_rgb_uint8(np.asarray(image), source=source)
         h, w = pixels.shape[:2]
         arr = (np.zeros((0, 4), dtype=np.float32) if boxes is None
-               else check_boxes(boxes, h, w, source=source))
+               else check_boxes(boxes, h, w, source=source, clip=self.clip))
         tensor = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0
         n = len(arr)
         return {"image": tensor, "boxes": torch.from_numpy(arr),

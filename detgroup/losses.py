@@ -20,7 +20,8 @@
 * ``ae`` — associative embedding pull/push (Newell et al., 2017): members pulled to their
   group's mean embedding, group means of one image pushed at least ``margin`` apart.
 
-The diagonal and every pair involving a padding box are masked out of all pair losses.
+The diagonal and every pair involving a padding box, or a box of unknown group (``group_id``
+-1, ``targets["group_known"]`` False), are masked out of all pair losses.
 """
 
 from __future__ import annotations
@@ -37,17 +38,23 @@ if TYPE_CHECKING:
     from detgroup.data.coco_groups import CocoGroups
 
 
-def pair_targets(groups: Tensor, pad_mask: Tensor) -> tuple[Tensor, Tensor]:
+def pair_targets(groups: Tensor, pad_mask: Tensor,
+                 group_known: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Same-group targets and the mask of pairs that count.
 
     Args:
         groups: [B, N] dense group indices per image (padding: any value).
         pad_mask: [B, N] bool, True where padding.
+        group_known: [B, N] bool, False where a box's group is unknown (its pairs do not
+            count); None: every real box is known.
 
     Returns:
-        target [B, N, N] float (1 = same group), valid [B, N, N] bool (off-diagonal, both real).
+        target [B, N, N] float (1 = same group), valid [B, N, N] bool (off-diagonal, both real
+        and of known group).
     """
     real = ~pad_mask
+    if group_known is not None:
+        real = real & group_known
     valid = real[:, :, None] & real[:, None, :]
     eye = torch.eye(groups.shape[1], dtype=torch.bool, device=groups.device)
     valid = valid & ~eye
@@ -99,7 +106,8 @@ def pair_prior_log_odds(coco: CocoGroups) -> float:
     """
     pos = neg = 0
     for info in coco.images:
-        groups = coco.targets(info["id"])["groups"]
+        target = coco.targets(info["id"])
+        groups = target["groups"][target["group_known"]]  # pairs of unknown boxes do not count
         n = len(groups)
         counts = np.unique(groups, return_counts=True)[1]
         same = int((counts * (counts - 1)).sum())
@@ -155,7 +163,8 @@ class GroupCriterion(nn.Module):
             loss_cls = F.cross_entropy(logits.flatten(0, 1), categories.flatten(), ignore_index=-1)
         else:
             loss_cls = logits.sum() * 0.0
-        target, valid = pair_targets(targets["groups"], pad_mask)
+        known = targets.get("group_known")  # [B, N] or None
+        target, valid = pair_targets(targets["groups"], pad_mask, known)
         if not valid.any():
             loss_pair = outputs["pred_affinity"].sum() * 0.0
         elif self.pair_loss == "bce" or self.pair_loss == "mcl":
@@ -166,7 +175,9 @@ class GroupCriterion(nn.Module):
         elif self.pair_loss == "kcl":
             loss_pair = self._kcl(outputs["pred_assign"].float(), target, valid)
         else:
-            loss_pair = self._ae(outputs["pred_embed"].float(), targets["groups"], pad_mask)
+            # boxes of unknown group take no part in the pull or the push
+            unlabelled = pad_mask if known is None else pad_mask | ~known
+            loss_pair = self._ae(outputs["pred_embed"].float(), targets["groups"], unlabelled)
         return {"loss_cls": loss_cls, "loss_pair": loss_pair}
 
     def total(self, losses: dict[str, Tensor]) -> Tensor:

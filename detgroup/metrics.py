@@ -49,7 +49,11 @@ Conventions for degenerate cases:
 * An empty image (N = 0) counts in ``num_images``; its per-image metrics are the perfect
   values above (nothing expected, nothing predicted), but it is skipped in the averages over
   images and adds nothing to the pooled counts, so it changes no metric of the summary.
-* An evaluator that saw no boxes reports the same perfect values (and an MAE of 0.0).
+* An evaluator that saw no boxes reports the same perfect values (and an MAE of 0.0); the
+  ``detgroup eval`` command refuses such a file instead of printing them.
+* A box whose true group is unknown (``gt_known`` False in `GroupingEvaluator.update`) counts
+  in the category metrics only; the grouping metrics of its image are those of its other
+  boxes, and an image without any box of known group is left out of the averages over images.
 """
 
 from __future__ import annotations
@@ -209,6 +213,14 @@ def _group_matches(
     return group_tp, exact_tp, iou_sum
 
 
+def _category_rates(gt_categories: np.ndarray, pred_categories: np.ndarray) -> tuple[float, float]:
+    """Accuracy and macro F1 over the categories present in one image (truth or prediction)."""
+    labels = np.union1d(gt_categories, pred_categories)
+    confusion = category_confusion(np.searchsorted(labels, gt_categories),
+                                   np.searchsorted(labels, pred_categories), labels.size)
+    return _rate(int(np.trace(confusion)), gt_categories.size, 0), _macro_f1(confusion)
+
+
 def _image_metrics(
     gt_categories: np.ndarray,
     gt_groups: np.ndarray,
@@ -224,9 +236,7 @@ def _image_metrics(
     gt_sizes = np.bincount(gt_ids, minlength=num_gt)  # [K_gt]
     pred_sizes = np.bincount(pred_ids, minlength=num_pred)  # [K_pred]
 
-    labels = np.union1d(gt_categories, pred_categories)
-    confusion = category_confusion(np.searchsorted(labels, gt_categories),
-                                   np.searchsorted(labels, pred_categories), labels.size)
+    cat_acc, cat_macro_f1 = _category_rates(gt_categories, pred_categories)
 
     dense = np.zeros((num_gt, num_pred), dtype=np.int64)
     dense[cell_gt, cell_pred] = inter
@@ -245,8 +255,9 @@ def _image_metrics(
 
     metrics: dict[str, float | int] = {
         "num_boxes": n,
-        "cat_acc": _rate(int(np.trace(confusion)), n, 0),
-        "cat_macro_f1": _macro_f1(confusion),
+        "num_grouped_boxes": n,
+        "cat_acc": cat_acc,
+        "cat_macro_f1": cat_macro_f1,
         "ari": float(adjusted_rand_score(gt_ids, pred_ids)),
         "nmi": float(normalized_mutual_info_score(gt_ids, pred_ids)),
         "ami": float(adjusted_mutual_info_score(gt_ids, pred_ids)),
@@ -412,8 +423,14 @@ class GroupingEvaluator:
         gt_groups: Labels,
         pred_categories: Labels,
         pred_groups: Labels,
+        gt_known: np.ndarray | Sequence[bool] | None = None,
     ) -> dict[str, float | int]:
         """Adds one image (arguments as in `image_metrics`) and returns its metrics.
+
+        ``gt_known`` [N] bool: False for a box whose true group is unknown (``group_id`` -1).
+        Such a box counts in the category metrics and ``num_boxes``, but the grouping metrics
+        (partition, pair and group detection) are computed on the other boxes only, so every
+        pair it is in is left out; ``num_grouped_boxes`` counts the boxes they saw.
 
         Raises:
             DetgroupError: as `image_metrics`, or a category is not below ``num_classes``.
@@ -426,7 +443,17 @@ class GroupingEvaluator:
                     f"metrics: {name} holds category {cats.max()} "
                     f"but num_classes is {self.num_classes}"
                 )
-        metrics = _image_metrics(*arrays)
+        known = None if gt_known is None else np.asarray(gt_known, dtype=bool).reshape(-1)
+        if known is not None and known.size != gt_cats.size:
+            raise DetgroupError(
+                f"metrics: gt_known has {known.size} entries but gt_categories has {gt_cats.size}"
+            )
+        if known is None or known.all():
+            metrics = _image_metrics(*arrays)
+        else:
+            metrics = _image_metrics(*(a[known] for a in arrays))
+            metrics["num_boxes"] = int(gt_cats.size)
+            metrics["cat_acc"], metrics["cat_macro_f1"] = _category_rates(gt_cats, pred_cats)
         self._confusion += category_confusion(gt_cats, pred_cats, self.num_classes)
         self.per_image.append(metrics)
         return metrics
@@ -445,9 +472,11 @@ class GroupingEvaluator:
             ``pair_precision``, ``pair_recall``, ``pair_f1``, ``group_precision``,
             ``group_recall``, ``group_f1``, ``exact_group_precision``, ``exact_group_recall``,
             ``exact_group_f1``, ``group_pq`` (from counts pooled over images);
-            ``num_images`` (empty ones included) and ``num_boxes``.
+            ``num_images`` (empty ones included), ``num_boxes`` and ``num_grouped_boxes`` (the
+            boxes of known group, which the grouping metrics saw).
         """
         images = [m for m in self.per_image if m["num_boxes"] > 0]
+        grouped = [m for m in images if m["num_grouped_boxes"] > 0]
 
         def total(key: str) -> float:
             return sum(m[key] for m in images)
@@ -456,12 +485,13 @@ class GroupingEvaluator:
         summary: dict[str, float] = {
             "num_images": len(self.per_image),
             "num_boxes": num_boxes,
+            "num_grouped_boxes": int(total("num_grouped_boxes")),
             "cat_acc": _rate(int(np.trace(self._confusion)), num_boxes, 0),
             "cat_macro_f1": _macro_f1(self._confusion),
         }
         for key, image_key in _MEAN_KEYS.items():
-            if images:
-                summary[key] = total(image_key) / len(images)
+            if grouped:
+                summary[key] = sum(m[image_key] for m in grouped) / len(grouped)
             else:
                 summary[key] = 0.0 if key == "num_groups_mae" else 1.0
 

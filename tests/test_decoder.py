@@ -523,3 +523,27 @@ def test_postprocess_neighbors_keep_a_chain_whole():
     assert again.groups.tolist() == dense.groups.tolist()
     with pytest.raises(DetgroupError, match="exact.*every pair"):
         PostProcess(method="exact", neighbors=3)
+
+
+def test_partition_takes_the_decoder_settings_of_a_checkpoint() -> None:
+    """``pair_bias`` shifts the logits; ``neighbors`` decodes on the k-nearest graph, as the
+    model's post-processing does; the positional call of old stays as it was."""
+    rng = np.random.default_rng(4)
+    n = 9
+    logits = rng.normal(0.5, 2.0, (n, n))
+    logits = (logits + logits.T) / 2
+    boxes = np.array([[10.0 * i, 0, 10.0 * i + 8, 8] for i in range(n)])  # a row of boxes
+    cats, groups = partition(logits, None, "gaec-kl")
+    np.testing.assert_array_equal(groups, decode(logits).groups)
+    shifted = partition(logits, boxes=boxes, pair_bias=-1.5)[1]
+    np.testing.assert_array_equal(shifted, partition(logits - 1.5, boxes=boxes)[1])
+    near = partition(logits, boxes=boxes, neighbors=1)[1]
+    edges = neighbor_edges(boxes, 1)
+    expected = decode_sparse(n, edges, logits[edges[:, 0], edges[:, 1]], boxes=boxes).groups
+    np.testing.assert_array_equal(near, expected)
+    with pytest.raises(DetgroupError, match="give boxes"):
+        partition(logits, neighbors=2)
+    with pytest.raises(DetgroupError, match="'exact' decodes every pair"):
+        partition(logits, method="exact", boxes=boxes, neighbors=2)
+    with pytest.raises(DetgroupError, match="neighbors must be an int >= 0"):
+        partition(logits, neighbors=-1)

@@ -85,7 +85,8 @@ def test_torchscript_matches_eager(checkpoints: dict[str, Path], tmp_path: Path,
     extra = {"detgroup.json": ""}
     torch.jit.load(str(out), _extra_files=extra)
     assert json.loads(extra["detgroup.json"])["category_names"] == ["cat", "dog"]
-    assert [p.name for p in out.parent.iterdir()] == ["model.ts"]  # no temporary file left
+    # no temporary file left; the decoder settings beside the graph
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.decoder.json", "model.ts"]
 
 
 @pytest.mark.parametrize("pair", ["bce", "bce_layout", "bce_word_roi"])
@@ -137,3 +138,107 @@ def test_export_errors(checkpoints: dict[str, Path], tmp_path: Path,
     monkeypatch.setattr("detgroup.export.importlib.util.find_spec", lambda name: None)
     with pytest.raises(DetgroupError, match="onnx package"):
         export_model(ckpt, "onnx", tmp_path / "m.onnx")
+
+
+def _run_exported_program(path: Path, image: torch.Tensor,
+                          boxes: torch.Tensor) -> list[np.ndarray]:
+    with torch.no_grad():
+        return [t.numpy() for t in torch.export.load(str(path)).module()(image, boxes)]
+
+
+@pytest.mark.parametrize("pair", ["bce", "bce_word_roi"])
+def test_torch_export_matches_eager_for_any_box_count(checkpoints: dict[str, Path],
+                                                      tmp_path: Path, pair: str) -> None:
+    """The ExportedProgram keeps N, H and W symbolic: other N and sizes than the example."""
+    out = export_model(checkpoints[pair], "torch-export", tmp_path / "model.pt2")
+    _check_against_eager(checkpoints[pair], out, _run_exported_program)
+    extra = {"detgroup.json": ""}
+    torch.export.load(str(out), extra_files=extra)
+    assert json.loads(extra["detgroup.json"])["category_names"] == ["cat", "dog"]
+
+
+def test_exported_graph_plus_partition_equals_grouper(tiny_data: Path, tmp_path: Path) -> None:
+    """The decoder settings written beside the graph (a calibrated pair bias and a neighbour
+    graph here) let ``partition`` reproduce ``Grouper.predict`` from the exported logits."""
+    from detgroup import Grouper, partition
+    from detgroup.export import decoder_settings_path
+
+    ckpt = _checkpoint(tmp_path, "bce", "decoder.pair_bias=4.0", "decoder.neighbors=2")
+    out = export_model(ckpt, "torch-export", tmp_path / "model.pt2")
+    settings = json.loads(decoder_settings_path(out).read_text())
+    assert settings == {"method": "gaec-kl", "consistency": "joint", "pair_bias": 4.0,
+                        "neighbors": 2}
+    grouper = Grouper.from_checkpoint(ckpt)
+    assert grouper.decoder_settings == settings
+    program = torch.export.load(str(out)).module()
+    rng = np.random.default_rng(0)
+    differs = False
+    for n, (h, w) in zip((3, 9, 14), ((96, 96), (128, 96), (64, 160)), strict=True):
+        pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        boxes = _boxes(n, h, w, seed=n).numpy()
+        expected = grouper.predict(pixels, boxes)
+        image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0
+        with torch.no_grad():
+            class_logits, pair_logits = program(image, torch.from_numpy(boxes))
+        categories, groups = partition(pair_logits.numpy(), class_logits.numpy(), boxes=boxes,
+                                       **settings)
+        np.testing.assert_array_equal(categories, expected.categories)
+        np.testing.assert_array_equal(groups, expected.groups)
+        wrong = partition(pair_logits.numpy(), class_logits.numpy(), boxes=boxes,
+                          **{**settings, "pair_bias": -settings["pair_bias"]})
+        differs |= not np.array_equal(wrong[1], expected.groups)
+    assert differs  # with other settings the groups are not Grouper's: the test can fail
+
+
+def test_exported_graphs_cast_float64_boxes_and_refuse_no_boxes(checkpoints: dict[str, Path],
+                                                                tmp_path: Path) -> None:
+    from detgroup.export import NO_BOXES
+
+    image, boxes = torch.rand(1, 3, 96, 96), _boxes(4, 96, 96, seed=1)
+    script = torch.jit.load(str(export_model(checkpoints["bce"], "torchscript",
+                                             tmp_path / "m.ts")))
+    program = torch.export.load(str(export_model(checkpoints["bce"], "torch-export",
+                                                 tmp_path / "m.pt2"))).module()
+    with torch.no_grad():
+        for a, b in zip(script(image, boxes), script(image, boxes.double()), strict=True):
+            torch.testing.assert_close(a, b)
+        with pytest.raises(RuntimeError, match="dtype mismatch"):  # refused, with its reason
+            program(image, boxes.double())
+        for graph in (script, program):
+            with pytest.raises((RuntimeError, torch.jit.Error),
+                               match=r"no boxes \(N = 0\)") as err:
+                graph(image, torch.zeros(0, 4))
+            assert NO_BOXES.split(";")[0] in str(err.value)
+
+
+def test_cli_export_says_how_to_load_and_decode(checkpoints: dict[str, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "model.ts"
+    assert main(["export", "--checkpoint", str(checkpoints["bce"]), "--format", "torchscript",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "import torchvision" in text and "torch.jit.load" in text
+    assert "model.decoder.json" in text and "partition(" in text
+
+
+@pytest.mark.parametrize(("fmt", "load"), [("torch-export", "torch.export.load(p).module()"),
+                                           ("torchscript", "torch.jit.load(p)")])
+def test_exports_load_in_a_fresh_process_after_import_torchvision(
+    checkpoints: dict[str, Path], tmp_path: Path, fmt: str, load: str
+) -> None:
+    """What the README and the export message say: torchvision registers roi_align, so it is
+    imported before loading; without it loading fails."""
+    import os
+    import subprocess
+    import sys
+
+    out = export_model(checkpoints["bce"], fmt, tmp_path / "model.bin")
+    run = ("import sys, torch{extra}; p = sys.argv[1]; net = " + load + "; print(tuple(net("
+           "torch.rand(1, 3, 64, 64), torch.tensor([[1., 2, 30, 40]]))[1].shape))")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    ok = subprocess.run([sys.executable, "-c", run.format(extra=", torchvision"), str(out)],
+                        capture_output=True, text=True, timeout=300, env=env)
+    assert ok.returncode == 0 and "(1, 1)" in ok.stdout, ok.stderr[-2000:]
+    bare = subprocess.run([sys.executable, "-c", run.format(extra=""), str(out)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert bare.returncode != 0 and "roi_align" in bare.stderr

@@ -632,3 +632,31 @@ def test_coco_box_ap_against_hand_values():
     ap = coco_box_ap(truth, swapped)
     check(ap, {"cat_ap": 0.0, "box_ap": 1.0})
     check(coco_box_ap(truth, []), {"cat_ap": 0.0, "box_ap50": 0.0})
+
+
+def test_boxes_of_unknown_group_count_for_categories_only():
+    """gt_known False: the box's pairs leave the grouping metrics, its category stays."""
+    gt_cat, gt_grp = [0, 0, 0, 1, 1], [0, 0, 1, 2, 2]
+    pred_cat, pred_grp = [0, 0, 1, 1, 1], [0, 0, 0, 0, 0]  # box 2 wrongly joins the dogs
+    known = [True, True, False, True, True]
+    ev = GroupingEvaluator(num_classes=2)
+    m = ev.update(gt_cat, gt_grp, pred_cat, pred_grp, known)
+    keep = np.flatnonzero(known)
+    subset = image_metrics(*(np.asarray(a)[keep] for a in (gt_cat, gt_grp, pred_cat, pred_grp)))
+    grouping = [k for k in RATE_KEYS if not k.startswith("cat_")]
+    check(m, {k: subset[k] for k in grouping})
+    assert m["ari"] == 1.0 and m["pair_f1"] == 1.0  # the known boxes are grouped perfectly
+    assert m["num_boxes"] == 5 and m["num_grouped_boxes"] == 4
+    assert m["cat_acc"] == pytest.approx(4 / 5)  # box 2's category error still counts
+    s = ev.summary()
+    assert s["cat_acc"] == pytest.approx(4 / 5) and s["num_grouped_boxes"] == 4
+    assert s["pair_f1"] == 1.0 and s["ari"] == 1.0
+    # all known: the same as without the mask
+    plain = GroupingEvaluator(num_classes=2).update(gt_cat, gt_grp, pred_cat, pred_grp)
+    check(GroupingEvaluator(num_classes=2).update(gt_cat, gt_grp, pred_cat, pred_grp,
+                                                  [True] * 5), plain)
+    # an image with no box of known group stays out of the averages over images
+    ev.update([0, 0], [0, 1], [0, 0], [0, 0], [False, False])
+    assert ev.summary()["ari"] == 1.0
+    with pytest.raises(DetgroupError, match="gt_known has 1 entries"):
+        ev.update([0, 0], [0, 1], [0, 0], [0, 0], [True])

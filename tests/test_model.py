@@ -283,3 +283,64 @@ def test_group_balance_counts_every_group_once() -> None:
                "groups": torch.tensor([[0, 0, 0, 0, 1, 2]])}
     assert not torch.allclose(pairs(out, unequal)["loss_pair"],
                               per_group(out, unequal)["loss_pair"])
+
+
+@pytest.mark.parametrize("pair", ["bce", "mcl", "kcl", "ae"])
+def test_pair_loss_leaves_out_pairs_of_boxes_of_unknown_group(pair: str) -> None:
+    """group_known False (group_id -1): the box's pairs do not count in any pair loss, but its
+    category does; the loss equals the loss of the batch without that box's pairs."""
+    torch.manual_seed(0)
+    crit = GroupCriterion(pair_loss=pair)
+    n = 5
+    aff = torch.randn(1, n, n)
+    aff = (aff + aff.transpose(1, 2)) / 2
+    outputs = {"pred_logits": torch.randn(1, n, 3), "pred_affinity": aff,
+               "pad_mask": torch.zeros(1, n, dtype=torch.bool),
+               "pred_assign": torch.randn(1, n, 4).softmax(-1),
+               "pred_embed": torch.randn(1, n, 6)}
+    targets = {"categories": torch.tensor([[0, 0, 1, 1, 2]]),
+               "groups": torch.tensor([[0, 0, 1, 1, 2]]),
+               "group_known": torch.tensor([[True, True, True, False, True]])}
+    base = crit(outputs, targets)
+    changed = {**outputs, "pred_affinity": aff.clone(), "pred_embed": outputs["pred_embed"].clone(),
+               "pred_assign": outputs["pred_assign"].clone()}
+    changed["pred_affinity"][0, 3, :] = changed["pred_affinity"][0, :, 3] = 50.0
+    changed["pred_embed"][0, 3] = 100.0
+    changed["pred_assign"][0, 3] = torch.tensor([0.97, 0.01, 0.01, 0.01])
+    other = crit(changed, targets)
+    torch.testing.assert_close(base["loss_pair"], other["loss_pair"])
+    torch.testing.assert_close(base["loss_cls"], other["loss_cls"])
+    # without the mask the same change moves the loss: the test can fail
+    unmasked = {k: v for k, v in targets.items() if k != "group_known"}
+    assert not torch.allclose(crit(outputs, unmasked)["loss_pair"],
+                              crit(changed, unmasked)["loss_pair"])
+
+
+def test_dataset_marks_boxes_of_unknown_group(tmp_path) -> None:
+    import json
+
+    import cv2
+    import numpy as np
+
+    from detgroup.data.dataset import GroupDataset, collate_groups
+    from detgroup.losses import pair_prior_log_odds
+
+    (tmp_path / "img").mkdir()
+    cv2.imwrite(str(tmp_path / "img/a.png"), np.full((40, 40, 3), 90, np.uint8))
+    anns = [{"id": k + 1, "image_id": 1, "category_id": 1, "bbox": [k * 8, 0, 6, 6], **g}
+            for k, g in enumerate([{"group_id": 3}, {"group_id": 3}, {"group_id": -1},
+                                   {"group_id": -1}, {}])]
+    (tmp_path / "ann.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 40}],
+        "categories": [{"id": 1, "name": "cat"}], "annotations": anns}))
+    ds = GroupDataset(tmp_path / "ann.json", tmp_path / "img")
+    item = ds[0]
+    assert item["group_known"].tolist() == [True, True, False, False, True]
+    assert len(set(item["groups"][2:4].tolist())) == 2  # -1 boxes are not one group
+    batch = collate_groups([item, {**item, "boxes": item["boxes"][:1],
+                                   "categories": item["categories"][:1],
+                                   "groups": item["groups"][:1],
+                                   "group_known": item["group_known"][:1]}])
+    assert batch["group_known"][1].tolist() == [True, False, False, False, False]  # padding
+    # the calibrated prior counts the pairs among the 3 known boxes only: 2 same, 4 different
+    assert pair_prior_log_odds(ds.coco) == pytest.approx(np.log(4 / 2))

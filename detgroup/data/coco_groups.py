@@ -3,6 +3,9 @@
 The format is COCO detection JSON plus one integer ``group_id`` per annotation (DESIGN.md).
 Two annotations of one image with equal ``group_id`` belong to one group; an annotation without
 ``group_id`` is a group of its own. All annotations of a group share a ``category_id``.
+``group_id: -1`` (:data:`GROUP_UNKNOWN`) marks a box whose group is not known (partly labelled
+data): its category counts, but every pair it is in is left out of the pair loss and of the
+grouping metrics.
 
 The validator collects every problem of a file, not just the first, and each message names the
 file, the image or annotation id and what is wrong. ``load_coco_groups`` raises one
@@ -25,6 +28,7 @@ from detgroup.data.images import read_image_rgb
 from detgroup.errors import DetgroupError
 
 MAX_LISTED_PROBLEMS = 50
+GROUP_UNKNOWN = -1  # the group_id of a box whose group is not known
 
 
 def _is_int(value: Any) -> bool:
@@ -68,13 +72,22 @@ class CocoGroups:
     def __len__(self) -> int:
         return len(self.images)
 
+    def group_label_counts(self) -> dict[str, int]:
+        """``boxes``, ``without_group_id`` (each a group of its own) and ``group_unknown``
+        (``group_id`` -1: left out of the pair loss and the grouping metrics)."""
+        anns = [a for v in self.anns_by_image.values() for a in v]
+        return {"boxes": len(anns),
+                "without_group_id": sum("group_id" not in a for a in anns),
+                "group_unknown": sum(a.get("group_id") == GROUP_UNKNOWN for a in anns)}
+
     def targets(self, image_id: int) -> dict[str, np.ndarray]:
         """Ground truth of one image.
 
         Returns ``boxes`` float32 [N, 4] xyxy absolute pixels, ``categories`` int64 [N] class
         indices into ``category_names``, ``groups`` int64 [N] dense group indices 0..G-1 (in order
-        of first appearance; an annotation without ``group_id`` gets a group of its own) and
-        ``ann_ids`` int64 [N].
+        of first appearance; an annotation without ``group_id``, or with ``group_id`` -1, gets a
+        group of its own), ``group_known`` bool [N] (False for ``group_id`` -1: the box's pairs
+        are not labelled) and ``ann_ids`` int64 [N].
         """
         anns = self.anns_by_image.get(image_id, [])
         cat_index = {cid: k for k, cid in enumerate(self.category_ids)}
@@ -87,9 +100,13 @@ class CocoGroups:
             boxes[i] = (x, y, x + w, y + h)
             categories[i] = cat_index[ann["category_id"]]
             key = ann.get("group_id", ("lone", ann["id"]))
+            if key == GROUP_UNKNOWN:
+                key = ("unknown", ann["id"])
             groups[i] = dense.setdefault(key, len(dense))
         ann_ids = np.array([a["id"] for a in anns], dtype=np.int64)
-        return {"boxes": boxes, "categories": categories, "groups": groups, "ann_ids": ann_ids}
+        known = np.array([a.get("group_id") != GROUP_UNKNOWN for a in anns], dtype=bool)
+        return {"boxes": boxes, "categories": categories, "groups": groups,
+                "group_known": known, "ann_ids": ann_ids}
 
 
 def _check_bbox(
@@ -133,7 +150,7 @@ def _check_bbox(
     elif outside:
         problems.append(
             f"{where}: 'bbox' {bbox!r} extends outside the {width}x{height} image by more than "
-            f"{tolerance} px (use clip to clip it)"
+            f"{tolerance} px (use --clip, or clip=True, to clip it)"
         )
 
 
@@ -241,7 +258,7 @@ def validate_coco_groups(
         if "group_id" in ann:
             if not _is_int(ann["group_id"]):
                 problems.append(f"{where}: 'group_id' must be an integer, got {ann['group_id']!r}")
-            else:
+            elif ann["group_id"] != GROUP_UNKNOWN:
                 group_members[(image_id, ann["group_id"])].append(ann)
         if "iscrowd" in ann and ann["iscrowd"] not in (0, 1):
             problems.append(f"{where}: 'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}")

@@ -19,6 +19,7 @@ class GroupDataset(Dataset):
 
     Each item is a dict: ``image`` float32 [3, H, W] in [0, 1] RGB, ``boxes`` float32 [N, 4]
     xyxy absolute pixels, ``categories`` int64 [N], ``groups`` int64 [N] (dense per image),
+    ``group_known`` bool [N] (False: ``group_id`` -1, the box's pairs carry no label),
     ``image_id`` int. N = 0 is legal.
 
     Args:
@@ -92,18 +93,20 @@ class GroupDataset(Dataset):
             mean = image.mean()
             image = ((image - mean) * contrast + mean * brightness).clamp_(0, 1)
         categories, groups = target["categories"], target["groups"]  # [N], [N]
+        known = target["group_known"]  # [N]
         if self.box_dropout > 0 and len(boxes) > 1:
             # drawn last, so that a recipe without it keeps its other draws
             keep = rng.random(len(boxes)) >= self.box_dropout  # [N]
             if not keep.any():
                 keep[rng.integers(len(boxes))] = True
-            boxes, categories = boxes[keep], categories[keep]
+            boxes, categories, known = boxes[keep], categories[keep], known[keep]
             groups = np.unique(groups[keep], return_inverse=True)[1].reshape(-1)
         return {
             "image": image,
             "boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "categories": torch.as_tensor(categories, dtype=torch.int64),
             "groups": torch.as_tensor(groups, dtype=torch.int64),
+            "group_known": torch.as_tensor(known, dtype=torch.bool),
             "image_id": int(info["id"]),
         }
 
@@ -139,7 +142,9 @@ def collate_groups(items: list[dict[str, Any]]) -> dict[str, Any]:
     Returns ``images`` [B, 3, Hmax, Wmax] (zero padded at the bottom/right, so box coordinates
     stay valid), ``image_sizes`` int64 [B, 2] (H, W), ``boxes`` [B, Nmax, 4] (padding rows are a
     unit box so RoIAlign stays finite), ``categories`` and ``groups`` [B, Nmax] (padding = -1),
-    ``pad_mask`` bool [B, Nmax] (True = padding) and ``image_ids`` [B].
+    ``group_known`` bool [B, Nmax] (False for padding and for boxes of unknown group; items
+    without the key count as known), ``pad_mask`` bool [B, Nmax] (True = padding) and
+    ``image_ids`` [B].
     """
     batch = len(items)
     n_max = max((len(it["boxes"]) for it in items), default=0)
@@ -151,6 +156,7 @@ def collate_groups(items: list[dict[str, Any]]) -> dict[str, Any]:
     categories = torch.full((batch, n_max), -1, dtype=torch.long)
     groups = torch.full((batch, n_max), -1, dtype=torch.long)
     pad_mask = torch.ones(batch, n_max, dtype=torch.bool)
+    known = torch.zeros(batch, n_max, dtype=torch.bool)
     sizes = torch.zeros(batch, 2, dtype=torch.long)
     for b, it in enumerate(items):
         _, h, w = it["image"].shape
@@ -160,6 +166,7 @@ def collate_groups(items: list[dict[str, Any]]) -> dict[str, Any]:
         boxes[b, :n] = it["boxes"]
         categories[b, :n] = it["categories"]
         groups[b, :n] = it["groups"]
+        known[b, :n] = it["group_known"] if "group_known" in it else True
         pad_mask[b, :n] = False
     return {
         "images": images,
@@ -167,6 +174,7 @@ def collate_groups(items: list[dict[str, Any]]) -> dict[str, Any]:
         "boxes": boxes,
         "categories": categories,
         "groups": groups,
+        "group_known": known,
         "pad_mask": pad_mask,
         "image_ids": [it["image_id"] for it in items],
     }

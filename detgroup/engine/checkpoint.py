@@ -21,6 +21,8 @@ from detgroup.errors import DetgroupError
 from detgroup.model.detector import build_model
 
 FORMAT = "detgroup-checkpoint-v1"
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's zip container
+_PICKLE_PROTO = b"\x80"  # the legacy (non-zip) torch.save format starts with a pickle opcode
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -34,7 +36,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint on the CPU; a missing, truncated or foreign file is a DetgroupError."""
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise DetgroupError(f"{path}: is a folder, not a checkpoint file")
         raise DetgroupError(f"{path}: checkpoint file not found")
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        raise DetgroupError(f"{path}: cannot read checkpoint ({err.strerror or err})") from None
+    if not head:
+        raise DetgroupError(f"{path}: checkpoint file is empty")
+    if head != _ZIP_MAGIC and head[:1] != _PICKLE_PROTO:
+        raise DetgroupError(
+            f"{path}: not a readable checkpoint (not a file written by torch.save: it starts "
+            f"with {head!r}); give the model.pt or last.pt of a run"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt data

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from detgroup.data.coco_groups import CocoGroups, load_coco_groups, read_json
-from detgroup.decoder import Partition, decode, decode_sparse, neighbor_edges
+from detgroup.decoder import Partition, decode_on_neighbors
 from detgroup.errors import DetgroupError
 from detgroup.metrics import DetectionGroupingEvaluator, GroupingEvaluator, coco_box_ap
 
@@ -64,17 +64,18 @@ class PostProcess:
                    pair_bias=decoder.pair_bias if pair_bias is None else pair_bias,
                    neighbors=decoder.neighbors if neighbors is None else neighbors)
 
+    def settings(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`detgroup.decoder.partition` that decode as this does."""
+        return {"method": self.method, "consistency": self.consistency,
+                "pair_bias": float(self.pair_bias), "neighbors": int(self.neighbors)}
+
     def decode(self, pair_logits: np.ndarray, class_logits: np.ndarray | None,
                boxes: np.ndarray) -> Partition:
         """Partition of one image: pair_logits [N, N] (bias added), class_logits [N, C] or None,
         boxes [N, 4] xyxy px; on the k-nearest-neighbour graph when ``neighbors`` > 0."""
-        if self.neighbors <= 0 or len(boxes) <= self.neighbors + 1:
-            return decode(pair_logits, class_logits, method=self.method,
-                          consistency=self.consistency, boxes=boxes)
-        edges = neighbor_edges(boxes, self.neighbors)  # [E, 2]
-        return decode_sparse(len(boxes), edges, pair_logits[edges[:, 0], edges[:, 1]],
-                             class_logits, method=self.method, consistency=self.consistency,
-                             boxes=boxes)
+        return decode_on_neighbors(pair_logits, class_logits, method=self.method,
+                                   consistency=self.consistency, boxes=boxes,
+                                   neighbors=self.neighbors)
 
     @torch.no_grad()
     def __call__(
@@ -166,7 +167,8 @@ def evaluate(
             real = ~batch["pad_mask"][b]
             gt_cat = batch["categories"][b][real].cpu().numpy()
             gt_grp = batch["groups"][b][real].cpu().numpy()
-            metrics = evaluator.update(gt_cat, gt_grp, pred.categories, pred.groups)
+            known = batch["group_known"][b][real].cpu().numpy() if "group_known" in batch else None
+            metrics = evaluator.update(gt_cat, gt_grp, pred.categories, pred.groups, known)
             per_image.append({"image_id": pred.image_id, **metrics})
             if on_image is not None:
                 on_image(pred, gt_cat, gt_grp, metrics)

@@ -2,27 +2,38 @@
 
 Boxes come from (a) a COCO(-with-groups) JSON, (b) per-image box lists, or (c) a torchvision
 detector whose weights the user gives as a local file. Per-image box lists are either a folder
-with ``<image stem>.json`` (``[[x1, y1, x2, y2], ...]`` or ``{"boxes": [...]}``) or
-``<image stem>.csv`` (rows ``x1,y1,x2,y2``, an optional header line), or one JSON file mapping
-image file names to such lists. Without any of these, a model trained with ``model.detector``
-detects the boxes itself: one model file detects, classifies and groups.
+with ``<image name without suffix>.json`` or ``.csv`` (subfolders as under the images folder),
+or one JSON file mapping image file names to box lists; their formats are those of
+:mod:`detgroup.data.box_files` (a CSV header names ``xyxy`` or ``xywh`` columns).
+Without any of these, a model trained with ``model.detector`` detects the boxes itself: one
+model file detects, classifies and groups.
 
-Output folder: ``per_image/<stem>.json`` (readable: groups with members, category, score,
-enclosing box), ``overlays/<stem>.png``, ``results.json`` (COCO results with ``group_id`` and
-``group_score``) and ``predictions.json`` (a COCO-with-groups file of the predictions, which
-``detgroup viz`` and ``detgroup eval``-style tools read like ground truth). Every file is
-written atomically; a failing image is reported and skipped; images already done are skipped
-on a re-run unless ``resume=False``.
+Images are keyed by their file name *relative to the images folder* (subfolders kept, as COCO's
+``file_name``) and, with a COCO box file, by its image id: ``a/x.png`` and ``b/x.png`` are two
+images everywhere. A folder is searched with its subfolders; with a COCO box file each image
+found is matched to the COCO image of its relative file name.
+
+Output folder: ``per_image/<name>.json`` (readable: groups with members, category, score,
+enclosing box), ``overlays/<name>.png``, where ``<name>`` is the relative file name without its
+suffix (with it, when two inputs would share a name: ``x.png`` and ``x.jpg``), ``results.json``
+(COCO results with ``group_id`` and ``group_score``) and ``predictions.json`` (a
+COCO-with-groups file of the predictions, which ``detgroup viz`` and ``detgroup eval``-style
+tools read like ground truth). Category ids: those of the input COCO file (matched by name)
+when the boxes come from one that names every category of the model; else 1..C in the order
+of the checkpoint's ``category_names``. Every file is written atomically; a failing image is
+reported and skipped; images already done (same file name and image id) are skipped on a
+re-run unless ``resume=False``.
 """
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import logging
+import os
 import time
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -30,7 +41,8 @@ import torch
 from tqdm import tqdm
 
 from detgroup.atomic import atomic_write_json, remove_stale_temp_files
-from detgroup.data.coco_groups import load_coco_groups, read_json
+from detgroup.data.box_files import parse_box_list, read_box_file
+from detgroup.data.coco_groups import CocoGroups, load_coco_groups, read_json
 from detgroup.data.images import read_image_rgb
 from detgroup.errors import DetgroupError
 from detgroup.inference import Grouper, GroupResult, check_boxes
@@ -40,90 +52,148 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def list_images(spec: str | Path) -> list[Path]:
-    """An image file, a folder (its images, sorted) or a glob pattern → image paths."""
+@dataclass
+class InputImage:
+    """One image to group: where it is, its relative file name, and its id."""
+
+    path: Path
+    name: str  # relative file name, posix separators (COCO's ``file_name``)
+    image_id: int
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_images(spec: str | Path) -> list[tuple[Path, str]]:
+    """An image file, a folder (its images, subfolders included, sorted) or a glob pattern →
+    (path, name relative to the folder / the glob's common folder) of each image."""
     path = Path(spec)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if _is_image(p))
+        named = [(p, p.relative_to(path).as_posix()) for p in files]
     elif path.is_file():
-        files = [path]
+        named = [(path, path.name)]
     else:
-        files = sorted(Path(p) for p in glob.glob(str(spec)) if Path(p).is_file())
-    if not files:
+        files = sorted(Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).is_file())
+        root = Path(os.path.commonpath([str(p.parent) for p in files])) if files else Path()
+        named = [(p, p.relative_to(root).as_posix()) for p in files]
+    if not named:
         raise DetgroupError(f"{spec}: no images found (give an image, a folder or a glob)")
-    return files
+    return named
+
+
+def output_names(names: list[str]) -> list[str]:
+    """Unique output names (no suffix, subfolders kept) for relative image file names.
+
+    ``a/x.png`` → ``a/x``; names that would collide keep their suffix (``x.png``, ``x.jpg``);
+    ``..`` and absolute anchors are dropped, so no output leaves its folder.
+    """
+    def safe(name: str) -> PurePosixPath:
+        parts = [p for p in PurePosixPath(name.replace("\\", "/")).parts
+                 if p not in ("..", ".", "/")]
+        return PurePosixPath(*parts) if parts else PurePosixPath("image")
+
+    stems = [str(safe(n).with_suffix("")) for n in names]
+    full = [str(safe(n)) for n in names]
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    chosen = [stem if counts[stem] == 1 else f for stem, f in zip(stems, full, strict=True)]
+    seen: dict[str, int] = {}
+    out = []
+    for k, name in enumerate(chosen):
+        if name in seen or chosen.count(name) > 1:
+            name = f"{name}__{k}"
+        seen[name] = k
+        out.append(name)
+    return out
+
+
+def _match_name(name: str, keys: dict[str, Any]) -> str | None:
+    """The key of ``keys`` naming the same file as ``name``: equal, else the one key that is a
+    whole-component suffix of ``name`` or of which ``name`` is one (``x.png`` ~ ``a/x.png``)."""
+    if name in keys:
+        return name
+    parts = PurePosixPath(name).parts
+    hits = []
+    for key in keys:
+        kp = PurePosixPath(key.replace("\\", "/")).parts
+        short, long = (kp, parts) if len(kp) <= len(parts) else (parts, kp)
+        if short and long[-len(short):] == short:
+            hits.append(key)
+    return hits[0] if len(hits) == 1 else None
 
 
 class BoxSource:
-    """Boxes [N, 4] xyxy px and an image id for each image file."""
+    """Boxes [N, 4] xyxy px for each image, from a COCO file, a mapping file or a folder."""
 
-    def __init__(self, spec: Path) -> None:
+    def __init__(self, spec: Path, *, clip: bool = False) -> None:
         self.spec = spec
-        self.coco: dict[str, tuple[int, np.ndarray]] = {}
+        self.coco: CocoGroups | None = None
         self.mapping: dict[str, Any] | None = None
         if spec.is_dir():
             return
         data = read_json(spec)
         if isinstance(data, dict) and "images" in data and "annotations" in data:
-            coco = load_coco_groups(spec)
-            for info in coco.images:
-                boxes = coco.targets(info["id"])["boxes"]
-                self.coco[Path(info["file_name"]).name] = (int(info["id"]), boxes)
+            self.coco = load_coco_groups(spec, clip=clip)
+            self.by_name = {info["file_name"]: info for info in self.coco.images}
         elif isinstance(data, dict):
-            self.mapping = {Path(k).name: v for k, v in data.items()}
+            self.mapping = {str(k).replace("\\", "/"): v for k, v in data.items()}
         else:
             raise DetgroupError(
                 f"{spec}: expected a COCO JSON or a mapping of image file name to boxes"
             )
 
-    def boxes(self, image: Path) -> tuple[int | None, Any, str]:
-        """(image id or None, raw boxes, where they came from) for one image."""
-        if self.coco:
-            if image.name not in self.coco:
-                raise DetgroupError(f"{self.spec}: no image with file name {image.name!r}")
-            image_id, boxes = self.coco[image.name]
-            return image_id, boxes, f"{self.spec} ({image.name})"
+    def category_ids(self, names: list[str]) -> list[int] | None:
+        """COCO ids of the model's categories ``names`` in this source, or None when the
+        source is not COCO or lacks one of the names."""
+        if self.coco is None:
+            return None
+        ids = {c["name"]: int(c["id"]) for c in self.coco.categories}
+        if not all(n in ids for n in names):
+            return None
+        return [ids[n] for n in names]
+
+    def inputs(self, images: str) -> list[InputImage | str]:
+        """The images to group (a failure message for a file the COCO source lacks).
+
+        Every image file found (a folder: with its subfolders) is matched to the COCO image of
+        the same relative ``file_name`` (else of the one ``file_name`` that ends in the file's
+        path, or that the file's relative name ends in); COCO images without a file are not
+        inputs.
+        """
+        found = list_images(images)
+        if self.coco is None:
+            return [InputImage(p, n, k) for k, (p, n) in enumerate(found, start=1)]
+        out: list[InputImage | str] = []
+        for path, name in found:
+            key = _match_name(name, self.by_name) or _match_name(path.as_posix(), self.by_name)
+            if key is None:
+                out.append(f"{self.spec}: no image with file name {name!r} (or several whose "
+                           "file_name ends in it)")
+            else:
+                info = self.by_name[key]
+                out.append(InputImage(path, info["file_name"], int(info["id"])))
+        return out
+
+    def boxes(self, image: InputImage) -> tuple[Any, str]:
+        """(raw boxes xyxy px, where they came from) for one image."""
+        if self.coco is not None:
+            return (self.coco.targets(image.image_id)["boxes"],
+                    f"{self.spec} (image id {image.image_id}, {image.name})")
         if self.mapping is not None:
-            if image.name not in self.mapping:
+            key = _match_name(image.name, self.mapping)
+            if key is None:
                 raise DetgroupError(f"{self.spec}: no boxes for {image.name!r}")
-            return None, _box_list(self.mapping[image.name], self.spec), str(self.spec)
+            return parse_box_list(self.mapping[key], source=f"{self.spec} ({key})"), \
+                f"{self.spec} ({key})"
+        stem = str(PurePosixPath(image.name).with_suffix(""))
         for suffix in (".json", ".csv"):
-            file = self.spec / f"{image.stem}{suffix}"
+            file = self.spec / f"{stem}{suffix}"
             if file.is_file():
-                return None, _read_box_file(file), str(file)
-        raise DetgroupError(f"{self.spec}: no {image.stem}.json or {image.stem}.csv box file")
-
-
-def _box_list(value: Any, source: Path) -> Any:
-    if isinstance(value, dict):
-        if "boxes" not in value:
-            raise DetgroupError(f"{source}: expected a list of boxes or {{'boxes': [...]}}")
-        value = value["boxes"]
-    if not isinstance(value, list):
-        raise DetgroupError(f"{source}: boxes must be a list of [x1, y1, x2, y2]")
-    return value
-
-
-def _read_box_file(path: Path) -> Any:
-    if path.suffix == ".json":
-        return _box_list(read_json(path), path)
-    rows = []
-    with path.open(newline="") as f:
-        for line_no, row in enumerate(csv.reader(f), start=1):
-            if not row or (line_no == 1 and not _is_float(row[0])):
-                continue
-            if len(row) < 4 or not all(_is_float(v) for v in row[:4]):
-                raise DetgroupError(f"{path}: line {line_no} is not x1,y1,x2,y2 numbers: {row}")
-            rows.append([float(v) for v in row[:4]])
-    return rows
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+                return read_box_file(file), str(file)
+        raise DetgroupError(f"{self.spec}: no {stem}.json or {stem}.csv box file")
 
 
 class Detector:
@@ -166,11 +236,11 @@ class Detector:
         return det["boxes"][keep].cpu().numpy()
 
 
-def _record(image: Path, image_id: int, pixels: np.ndarray, result: GroupResult) -> dict[str, Any]:
+def _record(image: InputImage, pixels: np.ndarray, result: GroupResult) -> dict[str, Any]:
     names = result.category_names
     return {
         "file_name": image.name,
-        "image_id": image_id,
+        "image_id": image.image_id,
         "width": int(pixels.shape[1]),
         "height": int(pixels.shape[0]),
         "groups": result.group_list(),
@@ -181,6 +251,22 @@ def _record(image: Path, image_id: int, pixels: np.ndarray, result: GroupResult)
                                     result.scores, strict=True)
         ],
     }
+
+
+def _done_record(path: Path, image: InputImage) -> dict[str, Any] | None:
+    """The earlier result at ``path`` when it is this image's (same name and id), else None."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        log.warning("%s: unreadable earlier result, redoing it", path)
+        return None
+    if not isinstance(record, dict) or (record.get("file_name"), record.get("image_id")) != (
+            image.name, image.image_id):
+        log.warning("%s: an earlier result of another image, redoing it", path)
+        return None
+    return record
 
 
 def run_inference(
@@ -199,21 +285,29 @@ def run_inference(
     overlays: bool = True,
     heatmap: bool = False,
     resume: bool = True,
+    clip: bool = False,
 ) -> dict[str, Any]:
-    """Group the boxes of every image; returns a summary (counts, failures, timings)."""
+    """Group the boxes of every image; returns a summary (counts, failures, timings).
+
+    ``clip``: clip boxes that leave their image instead of failing the image (and, for a COCO
+    box file, instead of refusing the file).
+    """
     from detgroup.visualize import draw_groups, save_rgb_png
 
     if boxes is not None and detector is not None:
         raise DetgroupError("give at most one of --boxes and --detector")
-    files = list_images(images)
     grouper = Grouper.from_checkpoint(checkpoint, device=device, method=method,
-                                      neighbors=neighbors)
+                                      neighbors=neighbors, clip=clip)
     # neither: the model detects the boxes itself (trained with model.detector)
     self_detect = boxes is None and detector is None
     if self_detect and not grouper.detects:
         raise DetgroupError(f"{checkpoint}: this model groups given boxes (trained without "
                             "model.detector): give --boxes or --detector")
-    source = BoxSource(boxes) if boxes is not None else None
+    source = BoxSource(boxes, clip=clip) if boxes is not None else None
+    inputs: list[InputImage | str] = (
+        source.inputs(images) if source is not None
+        else [InputImage(p, n, k) for k, (p, n) in enumerate(list_images(images), start=1)]
+    )
     det = (Detector(detector, arch=detector_arch, score=detector_score,
                     classes=detector_classes, device=device) if detector is not None else None)
     try:
@@ -224,59 +318,75 @@ def run_inference(
     remove_stale_temp_files(out_dir, recursive=True)
 
     names = grouper.category_names
+    category_ids = source.category_ids(names) if source is not None else None
+    if source is not None and source.coco is not None and category_ids is None:
+        log.warning("%s: does not name every category of the model %s; results.json uses "
+                    "ids 1..%d in the model's order", boxes, names, len(names))
+    good = [item for item in inputs if isinstance(item, InputImage)]
+    failures: list[str] = [item for item in inputs if isinstance(item, str)]
+    for message in failures:
+        log.error("%s", message)
+    stems = output_names([i.name for i in good])
     records: list[dict[str, Any]] = []
-    failures: list[str] = []
     done = skipped = 0
     seconds = 0.0
-    for index, image in enumerate(tqdm(files, desc="infer", leave=False), start=1):
-        record_path = out_dir / "per_image" / f"{image.stem}.json"
-        if resume and record_path.is_file():
-            try:
-                records.append(json.loads(record_path.read_text()))
-                skipped += 1
-                continue
-            except (OSError, json.JSONDecodeError):
-                log.warning("%s: unreadable earlier result, redoing it", record_path)
+    for image, stem in tqdm(list(zip(good, stems, strict=True)), desc="infer", leave=False):
+        record_path = out_dir / "per_image" / f"{stem}.json"
+        earlier = _done_record(record_path, image) if resume else None
+        if earlier is not None:
+            records.append(earlier)
+            skipped += 1
+            continue
         try:
-            pixels = read_image_rgb(image)
+            pixels = read_image_rgb(image.path)
             start = time.perf_counter()
             if source is not None:
-                image_id, raw, where = source.boxes(image)
+                raw, where = source.boxes(image)
             elif det is not None:
-                image_id, raw, where = None, det(pixels), f"detector on {image}"
+                raw, where = det(pixels), f"detector on {image.path}"
             else:
-                image_id, raw, where = None, None, f"{checkpoint} on {image}"
-            image_id = index if image_id is None else image_id
+                raw, where = None, f"{checkpoint} on {image.path}"
             box_arr = (None if self_detect else
-                       check_boxes(raw, pixels.shape[0], pixels.shape[1], source=where))
+                       check_boxes(raw, pixels.shape[0], pixels.shape[1], source=where, clip=clip))
             result = grouper.predict(pixels, box_arr)
             seconds += time.perf_counter() - start
-            record = _record(image, image_id, pixels, result)
+            record = _record(image, pixels, result)
+            record_path.parent.mkdir(parents=True, exist_ok=True)
             if overlays:
                 canvas = draw_groups(
                     pixels, result.boxes, result.categories, result.groups, names,
                     group_scores=result.group_scores,
                     affinity=result.affinity if heatmap else None, title=image.name,
                 )
-                save_rgb_png(out_dir / "overlays" / f"{image.stem}.png", canvas)
+                overlay = out_dir / "overlays" / f"{stem}.png"
+                overlay.parent.mkdir(parents=True, exist_ok=True)
+                save_rgb_png(overlay, canvas)
             atomic_write_json(record_path, record, indent=1)
             records.append(record)
             done += 1
         except DetgroupError as err:
             failures.append(str(err))
             log.error("%s", err)
-    _write_collections(out_dir, records, names)
+    _write_collections(out_dir, records, names, category_ids)
     return {
-        "images_total": len(files), "images_done": done, "images_skipped": skipped,
+        "images_total": len(inputs), "images_done": done, "images_skipped": skipped,
         "images_failed": len(failures), "failures": failures,
         "boxes": sum(len(r["boxes"]) for r in records),
         "groups": sum(len(r["groups"]) for r in records),
         "seconds_per_image": seconds / max(done, 1), "out": str(out_dir),
+        "category_ids": category_ids or list(range(1, len(names) + 1)),
     }
 
 
-def _write_collections(out_dir: Path, records: list[dict[str, Any]], names: list[str]) -> None:
-    """``results.json`` (COCO results) and ``predictions.json`` (COCO with groups)."""
+def _write_collections(out_dir: Path, records: list[dict[str, Any]], names: list[str],
+                       category_ids: list[int] | None = None) -> None:
+    """``results.json`` (COCO results) and ``predictions.json`` (COCO with groups).
+
+    ``category_ids[k]`` is the COCO id written for the model's category ``names[k]``
+    (default 1..C).
+    """
+    ids = category_ids or list(range(1, len(names) + 1))
+    id_of = dict(zip(names, ids, strict=True))
     results, images, anns = [], [], []
     records = sorted(records, key=lambda r: r["image_id"])
     for record in records:
@@ -289,7 +399,7 @@ def _write_collections(out_dir: Path, records: list[dict[str, Any]], names: list
             entry = {
                 "image_id": record["image_id"],
                 "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
-                "category_id": names.index(box["category"]) + 1,
+                "category_id": id_of[box["category"]],
                 "score": box["score"],
                 "group_id": group_index[box["group"]],
                 "group_score": group_score[box["group"]],
@@ -297,7 +407,7 @@ def _write_collections(out_dir: Path, records: list[dict[str, Any]], names: list
             results.append(entry)
             anns.append({**entry, "id": len(anns) + 1, "area": entry["bbox"][2] * entry["bbox"][3],
                          "iscrowd": 0})
-    categories = [{"id": k + 1, "name": n} for k, n in enumerate(names)]
+    categories = [{"id": i, "name": n} for n, i in zip(names, ids, strict=True)]
     atomic_write_json(out_dir / "results.json", results)
     atomic_write_json(out_dir / "predictions.json",
                       {"images": images, "annotations": anns, "categories": categories})
@@ -326,8 +436,9 @@ def draw_annotations(data: Path, images_dir: Path, out_dir: Path, *, limit: int 
     except OSError as err:
         raise DetgroupError(f"{out_dir}: cannot create output folder ({err.strerror})") from None
     items = coco.images[:limit] if limit > 0 else coco.images
+    stems = output_names([info["file_name"] for info in items])
     written = 0
-    for info in tqdm(items, desc="viz", leave=False):
+    for info, stem in tqdm(list(zip(items, stems, strict=True)), desc="viz", leave=False):
         pixels = read_image_rgb(images_dir / info["file_name"])
         target = coco.targets(info["id"])
         groups = per_category_groups(target["categories"], target["groups"])
@@ -339,6 +450,8 @@ def draw_annotations(data: Path, images_dir: Path, out_dir: Path, *, limit: int 
         canvas = draw_groups(pixels, target["boxes"], target["categories"], groups,
                              coco.category_names, group_scores=scores or None,
                              title=info["file_name"])
-        save_rgb_png(out_dir / f"{Path(info['file_name']).stem}.png", canvas)
+        overlay = out_dir / f"{stem}.png"
+        overlay.parent.mkdir(parents=True, exist_ok=True)
+        save_rgb_png(overlay, canvas)
         written += 1
     return written

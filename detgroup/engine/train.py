@@ -161,6 +161,11 @@ def build_loaders(cfg: Config) -> tuple[GroupDataset, GroupDataset]:
         seed=cfg.train.seed,
     )
     val_set = GroupDataset(cfg.data.val_ann, cfg.data.val_images)
+    for ann, dataset, what in ((cfg.data.train_ann, train_set, "to learn from"),
+                               (cfg.data.val_ann, val_set, "to score (every val metric would "
+                                "be undefined)")):
+        if dataset.coco.group_label_counts()["boxes"] == 0:
+            raise DetgroupError(f"{ann}: no boxes in its {len(dataset)} images: nothing {what}")
     if train_set.category_names != val_set.category_names:
         raise DetgroupError(
             f"{cfg.data.val_ann}: categories {val_set.category_names} differ from the training "
@@ -431,5 +436,6 @@ def _tensorboard(out: Path, enabled: bool) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise DetgroupError("train.tensorboard=true needs the 'tensorboard' package") from None
+        raise DetgroupError("train.tensorboard=true needs the 'tensorboard' package: "
+                            "pip install 'detgroup[tensorboard]'") from None
     return SummaryWriter(str(out / "tensorboard"))
