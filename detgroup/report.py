@@ -28,7 +28,7 @@ import html
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -556,7 +556,7 @@ def write_comparisons(predictions: str | Path, truth: str | Path, images_dir: st
         DetgroupError: a file is unreadable or invalid, or an image of ``predictions`` is not
             in ``truth``.
     """
-    from detgroup.engine.infer import per_category_groups
+    from detgroup.engine.infer import output_names, per_category_groups
 
     pred_coco, true_coco = load_coco_groups(predictions), load_coco_groups(truth)
     images_dir, out_dir = Path(images_dir), Path(out_dir)
@@ -578,7 +578,10 @@ def write_comparisons(predictions: str | Path, truth: str | Path, images_dir: st
                                 f"is not in {truth}")
         pairs.append((info, match))
     written = 0
-    for info, true_info in tqdm(pairs, desc="viz", leave=False):
+    # names that cannot collide: subfolders kept, a suffix kept where x.png and x.jpg meet
+    stems = output_names([true_info["file_name"] for _, true_info in pairs])
+    for (info, true_info), stem in tqdm(list(zip(pairs, stems, strict=True)), desc="viz",
+                                        leave=False):
         pixels = read_image_rgb(images_dir / true_info["file_name"])
         target, guess = true_coco.targets(true_info["id"]), pred_coco.targets(info["id"])
         pred_cat = pred_to_names[guess["categories"]] if len(guess["categories"]) else \
@@ -593,9 +596,7 @@ def write_comparisons(predictions: str | Path, truth: str | Path, images_dir: st
                                  target["groups"], pred_cat, pred_grp, names,
                                  pred_boxes=guess["boxes"], group_scores=scores or None,
                                  title=true_info["file_name"])
-        # keep subfolders (names cannot collide), but never leave out_dir
-        parts = [p for p in PurePosixPath(true_info["file_name"]).parts if p not in ("/", "..")]
-        path = out_dir.joinpath(*parts).with_suffix(".png")
+        path = out_dir / f"{stem}.png"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:

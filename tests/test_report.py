@@ -262,6 +262,27 @@ def test_viz_truth_draws_comparisons(tiny_data: Path, tmp_path: Path,
     assert "\n" not in err
 
 
+def test_viz_truth_names_cannot_collide(tiny_data: Path, tmp_path: Path) -> None:
+    """a/x.png, b/x.png and a/x.jpg are three images and give three comparisons."""
+    data = json.loads((tiny_data / "val/annotations.json").read_text())
+    images = tmp_path / "images"
+    names = ["a/x.png", "b/x.png", "a/x.jpg"]
+    for info, name in zip(data["images"], names, strict=False):
+        pixels = cv2.imread(str(tiny_data / "val/images" / info["file_name"]))
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(images / name), pixels)
+        info["file_name"] = name
+    keep = {info["id"] for info in data["images"][:3]}
+    data["images"] = data["images"][:3]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
+    truth = tmp_path / "truth.json"
+    truth.write_text(json.dumps(data))
+    out = tmp_path / "viz"
+    assert write_comparisons(truth, truth, images, out) == 3
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert written == ["a/x.jpg.png", "a/x.png.png", "b/x.png"]
+
+
 # ---- a real browser
 
 
