@@ -233,6 +233,8 @@ def train(
         pair_loss=cfg.loss.pair, cls_weight=cfg.loss.cls_weight, pair_weight=cfg.loss.pair_weight,
         kcl_margin=cfg.loss.kcl_margin, ae_margin=cfg.loss.ae_margin,
         pair_balance=cfg.loss.pair_balance,
+        embed_weight=(cfg.model.pair_candidates.embed_weight
+                      if cfg.model.pair_candidates.mode != "dense" else 0.0),
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
