@@ -31,6 +31,7 @@ METRICS = ("cat_acc", "ari", "group_pq", "exact_group_f1", "model_seconds", "dec
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--dense-checkpoint")
     parser.add_argument("--data", required=True)
     parser.add_argument("--images", required=True)
     parser.add_argument("--threads", type=int, default=1)
@@ -44,23 +45,32 @@ def main() -> None:
     loader = DataLoader(dataset, batch_size=1, collate_fn=collate_groups)
     boxes = [dataset.num_boxes(i) for i in range(len(dataset))]
     post = PostProcess.from_config(cfg.decoder)
+    runs = [("candidate model, sparse path", model, "sparse", cfg, post),
+            ("candidate model, dense path", model, "dense", cfg, post)]
+    if args.dense_checkpoint:
+        dense_model, dense_cfg = load_model_from_checkpoint(args.dense_checkpoint)
+        runs.append(("dense model, dense path", dense_model, "dense", dense_cfg,
+                     PostProcess.from_config(dense_cfg.decoder)))
     results = {}
-    for path in ("dense", "sparse"):
-        model.candidates.mode = path
-        summary, _ = evaluate(model, loader, num_classes=len(cfg.category_names),
-                              postprocess=post, device=torch.device("cpu"))
-        results[path] = {k: float(summary[k]) for k in METRICS}
+    for name, net, path, net_cfg, net_post in runs:
+        if net.candidates is not None:
+            net.candidates.mode = path
+        summary, _ = evaluate(net, loader, num_classes=len(net_cfg.category_names),
+                              postprocess=net_post, device=torch.device("cpu"))
+        results[name] = {k: float(summary[k]) for k in METRICS}
     pc = cfg.model.pair_candidates
     print(f"Command: `python {' '.join(sys.argv)}`; {datetime.datetime.now():%Y-%m-%d %H:%M}; "
           f"{len(dataset)} images, {min(boxes)}-{max(boxes)} boxes (mean "
           f"{sum(boxes) / len(boxes):.0f}); gap_k {pc.gap_k}, embed_k {pc.embed_k}; decoder "
           f"{post.method}; {args.threads} thread(s)\n")
-    print("| path | " + " | ".join(METRICS) + " |")
+    print("| model, path | " + " | ".join(METRICS) + " |")
     print("|---|" + "---|" * len(METRICS))
-    for path, row in results.items():
-        print(f"| {path} | " + " | ".join(f"{row[k]:.4f}" for k in METRICS) + " |")
-    print("| sparse - dense | " + " | ".join(
-        f"{results['sparse'][k] - results['dense'][k]:+.4f}" for k in METRICS) + " |")
+    for name, row in results.items():
+        print(f"| {name} | " + " | ".join(f"{row[k]:.4f}" for k in METRICS) + " |")
+    sparse = results[runs[0][0]]
+    for name in list(results)[1:]:
+        print(f"| sparse path - ({name}) | " + " | ".join(
+            f"{sparse[k] - results[name][k]:+.4f}" for k in METRICS) + " |")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=1))
 
