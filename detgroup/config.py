@@ -70,6 +70,34 @@ class RelationConfig:
     dropout: float = 0.0
 
 
+PAIR_CANDIDATE_MODES = ("dense", "sparse", "auto")
+
+
+@dataclass
+class PairCandidatesConfig:
+    """Score, attend and decode only candidate pairs instead of all N x N (big scenes).
+
+    ``mode``: "dense" (every pair, as without this block), "sparse" (always the candidate
+    graph) or "auto" (the candidate graph when an image batch holds more than
+    ``auto_min_boxes`` boxes, else dense; training with "auto" or "sparse" always uses the
+    candidate graph so that the embedding and the edge loss are trained). Candidates of a box:
+    its ``gap_k`` nearest boxes by the gap between box edges and its ``embed_k`` nearest in a
+    learned ``embed_dim``-dimensional projection of its token, symmetrised
+    (``detgroup.ops.candidates``). Training adds ``random_pairs`` random pairs per box to the
+    pairs the loss sees, and trains the embedding with weight ``embed_weight``. Distances are
+    computed ``block`` rows at a time.
+    """
+
+    mode: str = "dense"
+    auto_min_boxes: int = 1000
+    gap_k: int = 8
+    embed_k: int = 8
+    embed_dim: int = 16
+    random_pairs: int = 4
+    embed_weight: float = 1.0
+    block: int = 1024
+
+
 @dataclass
 class DetectorConfig:
     """A torchvision Faster R-CNN that finds the boxes itself (``GroupingFasterRCNN``).
@@ -122,6 +150,7 @@ class ModelConfig:
     # give the pair head (loss.pair = bce) the gaps and overlaps of two boxes in units of their
     # text height, as a same-line linking rule sees them (documents; off by default)
     pair_layout_features: bool = False
+    pair_candidates: PairCandidatesConfig = field(default_factory=PairCandidatesConfig)
 
 
 @dataclass
@@ -237,6 +266,7 @@ def _check(cfg: Config) -> None:
         (0.0 <= cfg.data.box_jitter < 0.5, "data.box_jitter must be in [0, 0.5)"),
         (0.0 <= cfg.data.photometric < 1.0, "data.photometric must be in [0, 1)"),
         (0.0 <= cfg.data.box_dropout < 1.0, "data.box_dropout must be in [0, 1)"),
+        *_candidate_checks(cfg),
     ]
     for ok, message in checks:
         if not ok:
@@ -276,6 +306,30 @@ def _read_yaml(path: Path) -> DictConfig:
     if bad_keys:
         raise DetgroupError(f"{path}: config key {bad_keys[0]!r} is not a name")
     return OmegaConf.create(data)
+
+
+def _candidate_checks(cfg: Config) -> list[tuple[bool, str]]:
+    pc = cfg.model.pair_candidates
+    key = "model.pair_candidates"
+    checks = [(pc.mode in PAIR_CANDIDATE_MODES,
+               f"{key}.mode must be one of {PAIR_CANDIDATE_MODES}")]
+    if pc.mode == "dense":
+        return checks
+    return checks + [
+        (pc.gap_k >= 0 and pc.embed_k >= 0, f"{key}.gap_k and embed_k must be >= 0"),
+        (pc.gap_k + pc.embed_k >= 1,
+         f"{key}: gap_k + embed_k must be >= 1 (k = 0 for both leaves no candidate pair)"),
+        (pc.embed_dim >= 1, f"{key}.embed_dim must be >= 1"),
+        (pc.random_pairs >= 0, f"{key}.random_pairs must be >= 0"),
+        (pc.embed_weight >= 0, f"{key}.embed_weight must be >= 0"),
+        (pc.block >= 1, f"{key}.block must be >= 1"),
+        (pc.auto_min_boxes >= 0, f"{key}.auto_min_boxes must be >= 0"),
+        (cfg.loss.pair == "bce", f"{key} needs loss.pair bce (the pair head scores edges)"),
+        (cfg.decoder.method != "exact",
+         f"{key}: decoder.method exact decodes every pair; use gaec-kl, average or components"),
+        (cfg.model.detector.backbone is None,
+         f"{key}: not available with model.detector (the detecting model scores every pair)"),
+    ]
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -154,6 +154,9 @@ def _traceable(model: GroupingModel) -> SingleImageNetwork:
     if isinstance(model.pair_head, PairAffinityHead):
         # A trace keeps one branch of the chunking test: keep the all-pairs one for any N.
         model.pair_head.chunk = max(model.pair_head.chunk, _EXAMPLE_BOXES)
+    if model.candidates is not None:
+        # the exported contract is dense pair logits [N, N]: export the every-pair path
+        model.candidates.mode = "dense"
     return SingleImageNetwork(model).eval()
 
 

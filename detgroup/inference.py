@@ -27,10 +27,11 @@ class GroupResult:
     ``categories`` [N] int (index into ``category_names``), ``groups`` [N] int (numbered from 0
     within each category), ``scores`` [N] probability of each box's category,
     ``group_scores`` {(category, group): confidence}, ``affinity`` [N, N] same-group
-    probabilities, ``class_probs`` [N, C], ``boxes`` [N, 4] xyxy px. When the model found the
-    boxes itself, ``scores`` is the category probability times the detector's score (a
-    confidence in box and category, as COCO results want), and ``detection_scores`` [N] holds
-    the detector's score alone (None when the boxes were given).
+    probabilities (a ``scipy.sparse.csr_matrix`` of the candidate pairs when the model scored
+    candidate pairs, ``model.pair_candidates``), ``class_probs`` [N, C], ``boxes`` [N, 4] xyxy px.
+    When the model found the boxes itself, ``scores`` is the category probability times the
+    detector's score (a confidence in box and category, as COCO results want), and
+    ``detection_scores`` [N] holds the detector's score alone (None when the boxes were given).
     """
 
     boxes: np.ndarray
@@ -38,7 +39,7 @@ class GroupResult:
     groups: np.ndarray
     scores: np.ndarray
     group_scores: dict[tuple[int, int], float]
-    affinity: np.ndarray
+    affinity: Any
     class_probs: np.ndarray
     category_names: list[str]
     detection_scores: np.ndarray | None = None

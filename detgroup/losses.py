@@ -22,6 +22,12 @@
 
 The diagonal and every pair involving a padding box, or a box of unknown group (``group_id``
 -1, ``targets["group_known"]`` False), are masked out of all pair losses.
+
+On the candidate-pair path (``model.pair_candidates``) the model lists its pairs
+(``pair_edges``: the candidates plus random pairs) and ``loss_pair`` is the same balanced BCE
+on those pairs only; ``loss_embed`` trains the candidate embedding: a balanced BCE on the
+logit ``EMBED_LOGIT_SCALE`` x (1 − ‖e_i − e_j‖²) over the listed pairs plus one random
+same-group partner per box, so that members of a group are near in the embedding.
 """
 
 from __future__ import annotations
@@ -125,6 +131,42 @@ def calibrated_pair_bias(cfg: Config, train: CocoGroups) -> float:
     return cfg.decoder.pair_bias
 
 
+EMBED_LOGIT_SCALE = 4.0
+
+
+def edge_targets(groups: Tensor, edges: Tensor) -> Tensor:
+    """Same-group targets [E] float of flat pairs ``edges`` [E, 2] into groups [B, N]."""
+    flat = groups.reshape(-1)
+    return (flat[edges[:, 0]] == flat[edges[:, 1]]).float()
+
+
+def edge_group_weights(groups: Tensor, pad_mask: Tensor, edges: Tensor) -> Tensor:
+    """:func:`group_pair_weights` at the listed pairs: [E] (1 / (k(k - 1)) within a group of
+    k, 1 / (k l) across groups of k and l)."""
+    b, n = groups.shape
+    key = (groups.clamp_min(0) + (torch.arange(b, device=groups.device) * (n + 1))[:, None])
+    key = key.masked_fill(pad_mask, -1).reshape(-1)  # [B * N] image-unique group key
+    _, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
+    size = counts[inverse].float()  # [B * N] group size of each box
+    si, sj = size[edges[:, 0]], size[edges[:, 1]]
+    same = key[edges[:, 0]] == key[edges[:, 1]]
+    return torch.where(same, 1 / (si * (si - 1)).clamp_min(1), 1 / (si * sj))
+
+
+def same_group_partners(groups: Tensor, pad_mask: Tensor) -> Tensor:
+    """One random same-group partner per real box (itself for a lone box) → [M, 2] flat."""
+    b, n = groups.shape
+    key = (groups.clamp_min(0) + (torch.arange(b, device=groups.device) * (n + 1))[:, None])
+    key = key.masked_fill(pad_mask, -1).reshape(-1)
+    real = torch.nonzero(key >= 0).squeeze(1)  # [M]
+    order = real[torch.argsort(key[real], stable=True)]  # real boxes sorted by group
+    _, inverse, counts = torch.unique(key[order], return_inverse=True, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    draw = torch.rand(order.shape, device=groups.device)
+    pick = starts[inverse] + (draw * counts[inverse]).long().clamp_max(counts[inverse] - 1)
+    return torch.stack([order, order[pick]], dim=1)
+
+
 class GroupCriterion(nn.Module):
     """Computes ``{"loss_cls", "loss_pair"}``; ``weight_dict`` says how they add up."""
 
@@ -137,6 +179,7 @@ class GroupCriterion(nn.Module):
         kcl_margin: float = 2.0,
         ae_margin: float = 1.0,
         pair_balance: str = "pairs",
+        embed_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if pair_loss not in ("bce", "mcl", "kcl", "ae"):
@@ -148,6 +191,8 @@ class GroupCriterion(nn.Module):
         self.kcl_margin = kcl_margin
         self.ae_margin = ae_margin
         self.weight_dict = {"loss_cls": cls_weight, "loss_pair": pair_weight}
+        if embed_weight:  # the candidate embedding of model.pair_candidates
+            self.weight_dict["loss_embed"] = embed_weight
 
     def forward(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> dict[str, Tensor]:
         """
@@ -164,6 +209,8 @@ class GroupCriterion(nn.Module):
         else:
             loss_cls = logits.sum() * 0.0
         known = targets.get("group_known")  # [B, N] or None
+        if "pair_edges" in outputs:
+            return {"loss_cls": loss_cls, **self._edge_losses(outputs, targets)}
         target, valid = pair_targets(targets["groups"], pad_mask, known)
         if not valid.any():
             loss_pair = outputs["pred_affinity"].sum() * 0.0
@@ -178,7 +225,42 @@ class GroupCriterion(nn.Module):
             # boxes of unknown group take no part in the pull or the push
             unlabelled = pad_mask if known is None else pad_mask | ~known
             loss_pair = self._ae(outputs["pred_embed"].float(), targets["groups"], unlabelled)
-        return {"loss_cls": loss_cls, "loss_pair": loss_pair}
+        losses = {"loss_cls": loss_cls, "loss_pair": loss_pair}
+        if "loss_embed" in self.weight_dict:  # a dense batch of a model with candidates
+            losses["loss_embed"] = loss_cls * 0.0
+        return losses
+
+    def _edge_losses(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]
+                     ) -> dict[str, Tensor]:
+        """``loss_pair`` on the listed pairs and ``loss_embed`` (module docstring)."""
+        edges, logits = outputs["pair_edges"], outputs["pred_edge_logits"].float()
+        groups, pad_mask = targets["groups"], outputs["pad_mask"]
+        known = targets.get("group_known")  # [B, N] or None
+        if known is not None:  # pairs with a box of unknown group take no part
+            keep = known.reshape(-1)[edges].all(dim=1)  # [E]
+            edges, logits = edges[keep], logits[keep]
+        target = edge_targets(groups, edges)
+        every = torch.ones_like(target, dtype=torch.bool)[None]
+        if edges.shape[0] == 0:
+            loss_pair = logits.sum() * 0.0
+        else:
+            weights = (edge_group_weights(groups, pad_mask, edges)[None]
+                       if self.pair_balance == "groups" else None)
+            loss_pair = balanced_bce(logits[None], target[None], every, weights)
+        losses = {"loss_pair": loss_pair}
+        if "loss_embed" in self.weight_dict:
+            embed = outputs["candidate_embed"].float().reshape(-1, outputs["candidate_embed"]
+                                                               .shape[-1])  # [B * N, E]
+            pairs = torch.cat([edges, same_group_partners(groups, pad_mask)])
+            pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+            dist = (embed[pairs[:, 0]] - embed[pairs[:, 1]]).pow(2).sum(-1)  # [P]
+            if pairs.shape[0] == 0:
+                losses["loss_embed"] = embed.sum() * 0.0
+            else:
+                t = edge_targets(groups, pairs)[None]
+                losses["loss_embed"] = balanced_bce(EMBED_LOGIT_SCALE * (1 - dist)[None], t,
+                                                    torch.ones_like(t, dtype=torch.bool))
+        return losses
 
     def total(self, losses: dict[str, Tensor]) -> Tensor:
         return sum(losses[k] * w for k, w in self.weight_dict.items())
@@ -248,6 +330,8 @@ def build_criterion(cfg: Config) -> GroupCriterion | DetectionGroupCriterion:
         pair_loss=cfg.loss.pair, cls_weight=cfg.loss.cls_weight, pair_weight=cfg.loss.pair_weight,
         kcl_margin=cfg.loss.kcl_margin, ae_margin=cfg.loss.ae_margin,
         pair_balance=cfg.loss.pair_balance,
+        embed_weight=(cfg.model.pair_candidates.embed_weight
+                      if cfg.model.pair_candidates.mode != "dense" else 0.0),
     )
     if cfg.model.detector.backbone is None:
         return group

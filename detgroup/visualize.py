@@ -321,7 +321,9 @@ def _check(boxes: np.ndarray, categories: np.ndarray, groups: np.ndarray,
         raise DetgroupError(f"categories must index category_names ({len(category_names)} "
                             f"names); bad box indices {bad.tolist()}")
     if affinity is not None:
-        affinity = np.asarray(affinity, float)
+        # a scipy sparse matrix (candidate pairs only): unlisted pairs drawn as 0
+        affinity = np.asarray(affinity.toarray() if hasattr(affinity, "toarray") else affinity,
+                              float)
         if affinity.shape != (n, n):
             raise DetgroupError(f"affinity must be [N, N] with N = {n} boxes, "
                                 f"got shape {list(affinity.shape)}")

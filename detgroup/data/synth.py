@@ -88,6 +88,9 @@ class SynthConfig:
     ``box_jitter``: std of the ground-truth box side noise as a fraction of the box size.
     ``group_spread``: std of member offsets around the group centre, times sqrt(group size).
     ``max_overlap``: largest intersection of two boxes over the smaller box's area.
+    ``tiles``: big scenes for measuring quality at scale: each image is a ``tiles`` x ``tiles``
+    grid of independently drawn scenes of ``image_size`` px (``tiles`` x ``image_size`` px
+    square, about ``tiles``² times the groups and boxes); groups never cross tiles.
     """
 
     image_size: int = 256
@@ -107,6 +110,7 @@ class SynthConfig:
     max_size: float = 0.11
     max_overlap: float = 0.3
     seed: int = 0
+    tiles: int = 1
 
 
 def check_config(cfg: SynthConfig) -> None:
@@ -134,6 +138,8 @@ def check_config(cfg: SynthConfig) -> None:
     if not 0.0 < cfg.min_size <= cfg.max_size <= 0.3:
         problems.append(f"need 0 < min_size <= max_size <= 0.3, got {cfg.min_size}, "
                         f"{cfg.max_size}")
+    if not 1 <= cfg.tiles <= 64:
+        problems.append(f"tiles must be in [1, 64], got {cfg.tiles}")
     if problems:
         raise DetgroupError("synthetic dataset config: " + "; ".join(problems))
 
@@ -561,6 +567,30 @@ def render_scene(
 # Writing a dataset
 
 
+def render_tiled_scene(
+    seed: tuple[int, ...], cfg: SynthConfig
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """:func:`render_scene` of a ``cfg.tiles`` x ``cfg.tiles`` grid: tile t is drawn from
+    ``default_rng([*seed, t])`` and shifted into place; group indices are made unique across
+    tiles. With ``tiles`` 1 this is ``render_scene(default_rng(seed), cfg)``."""
+    if cfg.tiles == 1:
+        return render_scene(np.random.default_rng(list(seed)), cfg)
+    size, t = cfg.image_size, cfg.tiles
+    image = np.zeros((size * t, size * t, 3), np.uint8)
+    anns: list[dict[str, Any]] = []
+    groups = 0
+    for tile in range(t * t):
+        row, col = divmod(tile, t)
+        part, tile_anns = render_scene(np.random.default_rng([*seed, tile]), cfg)
+        image[row * size:(row + 1) * size, col * size:(col + 1) * size] = part
+        for ann in tile_anns:
+            x, y, w, h = ann["bbox"]
+            anns.append({**ann, "bbox": [round(x + col * size, 2), round(y + row * size, 2), w, h],
+                         "group": ann["group"] + groups})
+        groups += max((a["group"] for a in tile_anns), default=-1) + 1
+    return image, anns
+
+
 def _encode_png(image: np.ndarray) -> bytes:
     """PNG bytes of an RGB uint8 image [H, W, 3]."""
     ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
@@ -587,12 +617,11 @@ def generate_synthetic(out_dir: str | Path, cfg: SynthConfig, *,
         image_dir.mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
         for i in tqdm(range(count), desc=f"synth {split}", disable=not progress):
-            rng = np.random.default_rng([cfg.seed, split_index, i])
-            image, anns = render_scene(rng, cfg)
+            image, anns = render_tiled_scene((cfg.seed, split_index, i), cfg)
             name = f"{i:06d}.png"
             atomic_write_bytes(image_dir / name, _encode_png(image))
-            images.append({"id": i + 1, "file_name": name, "width": cfg.image_size,
-                           "height": cfg.image_size})
+            images.append({"id": i + 1, "file_name": name, "width": image.shape[1],
+                           "height": image.shape[0]})
             for ann in anns:
                 x, y, w, h = ann["bbox"]
                 annotations.append({

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from scipy.special import expit
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from detgroup.data.coco_groups import CocoGroups, load_coco_groups, read_json
-from detgroup.decoder import Partition, decode_on_neighbors
+from detgroup.decoder import Partition, decode_on_neighbors, decode_sparse
 from detgroup.errors import DetgroupError
 from detgroup.metrics import DetectionGroupingEvaluator, GroupingEvaluator, coco_box_ap
 
@@ -28,7 +29,8 @@ class ImagePrediction:
     ``boxes`` [N, 4] xyxy px; ``class_probs`` [N, C]; ``categories`` [N] class indices;
     ``groups`` [N] group ids numbered from 0 within each category; ``scores`` [N] probability of
     the chosen category; ``group_scores`` maps (category, group) → confidence;
-    ``affinity`` [N, N] same-group probabilities.
+    ``affinity`` [N, N] same-group probabilities (a ``scipy.sparse.csr_matrix`` holding the
+    candidate pairs only when the model scored candidate pairs, ``model.pair_candidates``).
     """
 
     image_id: int
@@ -38,7 +40,7 @@ class ImagePrediction:
     groups: np.ndarray
     scores: np.ndarray
     group_scores: dict[tuple[int, int], float]
-    affinity: np.ndarray
+    affinity: np.ndarray | sp.csr_matrix
 
 
 class PostProcess:
@@ -82,6 +84,8 @@ class PostProcess:
         self, outputs: dict[str, Tensor], boxes: Tensor, image_ids: list[int]
     ) -> list[ImagePrediction]:
         """outputs: the model's dict; boxes [B, N, 4]; image_ids [B]."""
+        if "pair_edges" in outputs:
+            return self._sparse(outputs, boxes, image_ids)
         logits = outputs["pred_logits"].float().cpu().numpy()  # [B, N, C]
         pair = outputs["pred_affinity"].float().cpu().numpy() + self.pair_bias  # [B, N, N]
         real = (~outputs["pad_mask"]).cpu().numpy()  # [B, N]
@@ -107,6 +111,41 @@ class PostProcess:
                     affinity=expit(pair_b),
                 )
             )
+        return results
+
+
+    def _sparse(self, outputs: dict[str, Tensor], boxes: Tensor, image_ids: list[int]
+                ) -> list[ImagePrediction]:
+        """Decode the candidate pairs (``pair_edges`` [E, 2] flat, ``pred_edge_logits`` [E])
+        with ``decode_sparse``; ``neighbors`` does not apply (the graph is the model's)."""
+        logits = outputs["pred_logits"].float().cpu().numpy()  # [B, N, C]
+        real = (~outputs["pad_mask"]).cpu().numpy()  # [B, N]
+        edges = outputs["pair_edges"].cpu().numpy()  # [E, 2]
+        edge_logits = outputs["pred_edge_logits"].float().cpu().numpy() + self.pair_bias  # [E]
+        boxes_np = boxes.float().cpu().numpy()
+        n = real.shape[1]
+        image_of = edges[:, 0] // max(n, 1)
+        results = []
+        for b, image_id in enumerate(image_ids):
+            keep = np.flatnonzero(real[b])
+            local = np.full(n, -1, dtype=np.int64)
+            local[keep] = np.arange(len(keep))
+            mine = image_of == b
+            e = local[edges[mine] - b * n]  # [E_b, 2] indices into the real boxes
+            w = edge_logits[mine]
+            cls_b = logits[b][keep]
+            part = decode_sparse(len(keep), e, w, cls_b, method=self.method,
+                                 consistency=self.consistency, boxes=boxes_np[b][keep])
+            probs = _softmax(cls_b)
+            scores = probs[np.arange(len(keep)), part.categories] if len(keep) else np.zeros(0)
+            p = expit(w)
+            affinity = sp.csr_matrix((np.concatenate([p, p]), (np.concatenate([e[:, 0], e[:, 1]]),
+                                      np.concatenate([e[:, 1], e[:, 0]]))),
+                                     shape=(len(keep), len(keep)))
+            results.append(ImagePrediction(
+                image_id=int(image_id), boxes=boxes_np[b][keep], class_probs=probs,
+                categories=part.categories, groups=part.groups, scores=scores,
+                group_scores=_group_score_map(part), affinity=affinity))
         return results
 
 

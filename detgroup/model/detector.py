@@ -10,6 +10,12 @@ from detgroup.model.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from detgroup.model.heads import AssignmentHead, CategoryHead, EmbeddingHead, PairAffinityHead
 from detgroup.model.relation import RelationEncoder
 from detgroup.model.roi_extractor import RoITokenizer
+from detgroup.model.sparse import (
+    PairCandidates,
+    check_dense_fits,
+    edge_pair_logits,
+    graph_relation,
+)
 from detgroup.ops.boxes import pairwise_geometry
 
 
@@ -20,6 +26,12 @@ class GroupingModel(nn.Module):
     (symmetric same-group logits), ``pad_mask`` [B, N], ``features`` [B, N, D] (the relational
     features h, e.g. for clustering baselines), plus the raw output of the pair head
     (``pred_assign`` [B, N, K] or ``pred_embed`` [B, N, E]) that its loss needs.
+
+    With ``candidates`` (``model.pair_candidates``) and a batch it applies to, attention and the
+    pair head see only candidate pairs (:mod:`detgroup.model.sparse`): the dict then holds
+    ``pair_edges`` int64 [E, 2] (flat indices b * N + i, i < j) and ``pred_edge_logits`` [E]
+    instead of ``pred_affinity``, and ``candidate_embed`` [B, N, E]. In training the edges are
+    the candidates plus random pairs.
     """
 
     def __init__(
@@ -30,6 +42,7 @@ class GroupingModel(nn.Module):
         relation: RelationEncoder,
         category_head: CategoryHead,
         pair_head: nn.Module,
+        candidates: PairCandidates | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -37,6 +50,7 @@ class GroupingModel(nn.Module):
         self.relation = relation
         self.category_head = category_head
         self.pair_head = pair_head
+        self.candidates = candidates
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
 
@@ -70,10 +84,25 @@ class GroupingModel(nn.Module):
             image_sizes = torch.tensor([images.shape[-2:]] * b, device=images.device)
         feats = self.features(images, image_sizes)
         tokens = self.tokenizer(feats, boxes, image_sizes, tuple(images.shape[-2:]))  # [B, N, D]
+        if self.candidates is not None and self.candidates.active(n):
+            return self._forward_candidates(tokens, boxes, pad_mask)
+        check_dense_fits(b, n, boxes.device)
         h = self.relation(tokens, pairwise_geometry(boxes), pad_mask)  # [B, N, D]
         out = {"pred_logits": self.category_head(h), "pad_mask": pad_mask, "features": h}
         out.update(self.pair_head(h, boxes))
         return out
+
+    def _forward_candidates(self, tokens: Tensor, boxes: Tensor, pad_mask: Tensor
+                            ) -> dict[str, Tensor]:
+        """The candidate-pair path of ``forward`` (tokens [B, N, D])."""
+        assert self.candidates is not None and isinstance(self.pair_head, PairAffinityHead)
+        embed, edges = self.candidates(tokens, boxes, pad_mask)  # [B, N, E], [E, 2]
+        h = graph_relation(self.relation, tokens, boxes, edges)  # [B, N, D]
+        if self.training:
+            edges = self.candidates.training_pairs(edges, pad_mask)
+        return {"pred_logits": self.category_head(h), "pad_mask": pad_mask, "features": h,
+                "candidate_embed": embed, "pair_edges": edges,
+                "pred_edge_logits": edge_pair_logits(self.pair_head, h, boxes, edges)}
 
 
 def build_relation(cfg: Config) -> RelationEncoder:
@@ -143,10 +172,16 @@ def build_model(cfg: Config, *, pretrained: bool = True) -> nn.Module:
         context=m.roi_context,
         canonical_scale=m.roi_canonical_scale,
     )
+    pc = m.pair_candidates
+    candidates = None if pc.mode == "dense" else PairCandidates(
+        dim=m.dim, mode=pc.mode, auto_min_boxes=pc.auto_min_boxes, gap_k=pc.gap_k,
+        embed_k=pc.embed_k, embed_dim=pc.embed_dim, random_pairs=pc.random_pairs, block=pc.block,
+    )
     return GroupingModel(
         backbone=backbone,
         tokenizer=tokenizer,
         relation=build_relation(cfg),
         category_head=CategoryHead(dim=m.dim, num_classes=len(cfg.category_names)),
         pair_head=build_pair_head(cfg),
+        candidates=candidates,
     )
