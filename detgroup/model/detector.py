@@ -86,7 +86,8 @@ class GroupingModel(nn.Module):
         tokens = self.tokenizer(feats, boxes, image_sizes, tuple(images.shape[-2:]))  # [B, N, D]
         if self.candidates is not None and self.candidates.active(n):
             return self._forward_candidates(tokens, boxes, pad_mask)
-        check_dense_fits(b, n, boxes.device)
+        if not torch.compiler.is_compiling():  # a symbolic N (torch.export) has no size yet
+            check_dense_fits(b, n, boxes.device)
         h = self.relation(tokens, pairwise_geometry(boxes), pad_mask)  # [B, N, D]
         out = {"pred_logits": self.category_head(h), "pad_mask": pad_mask, "features": h}
         out.update(self.pair_head(h, boxes))
