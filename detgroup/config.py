@@ -17,7 +17,8 @@ from omegaconf.errors import OmegaConfBaseException
 from detgroup.data.synth import SynthConfig
 from detgroup.errors import DetgroupError
 
-BACKBONES = ("small", "resnet18", "resnet34", "resnet50")
+BACKBONES = ("small", "resnet18", "resnet34", "resnet50", "none")  # none: geometry + items only
+FUSIONS = ("sum", "concat")
 PAIR_LOSSES = ("bce", "kcl", "mcl", "ae")
 DECODERS = ("gaec-kl", "average", "components", "exact")
 CONSISTENCY = ("joint", "forbid")
@@ -49,7 +50,11 @@ class DataConfig:
 
 @dataclass
 class BackboneConfig:
-    """A torchvision backbone; ``weights`` is a local state-dict file (never downloaded)."""
+    """A torchvision backbone; ``weights`` is a local state-dict file (never downloaded).
+
+    ``name: none``: no image at all; each token is built from the box geometry and the box's
+    text and attributes (``model.text``, ``model.attributes``), and images are never read.
+    """
 
     name: str = "small"
     weights: str | None = None
@@ -66,6 +71,23 @@ class RelationConfig:
     heads: int = 4
     ffn_mult: int = 4
     dropout: float = 0.0
+
+
+@dataclass
+class TextConfig:
+    """A learned embedding of each box's ``text`` (hashed character n-grams, detgroup.ops.text)."""
+
+    enabled: bool = False
+    buckets: int = 50_000  # hash buckets of the n-gram embedding (+ one row for no text)
+    embed_dim: int = 64  # width of the n-gram embedding, projected to model.dim
+
+
+@dataclass
+class AttributesConfig:
+    """A small MLP on each box's ``attributes`` vector (names from the data's attribute_names)."""
+
+    enabled: bool = False
+    hidden: int = 64
 
 
 @dataclass
@@ -88,6 +110,10 @@ class ModelConfig:
     # give the pair head (loss.pair = bce) the gaps and overlaps of two boxes in units of their
     # text height, as a same-line linking rule sees them (documents; off by default)
     pair_layout_features: bool = False
+    text: TextConfig = field(default_factory=TextConfig)
+    attributes: AttributesConfig = field(default_factory=AttributesConfig)
+    # how the text and attribute tokens join the box token: sum, or concat + linear
+    fusion: str = "sum"
 
 
 @dataclass
@@ -151,6 +177,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     category_names: list[str] = field(default_factory=list)  # filled from the training data
+    # the training data's top-level attribute_names (when model.attributes is on)
+    attribute_names: list[str] = field(default_factory=list)
 
 
 def _check(cfg: Config) -> None:
@@ -167,6 +195,12 @@ def _check(cfg: Config) -> None:
         (cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
         (cfg.train.select_by in VAL_METRICS,
          f"train.select_by must be one of {VAL_METRICS}"),
+        (cfg.model.fusion in FUSIONS, f"model.fusion must be one of {FUSIONS}"),
+        (cfg.model.text.buckets >= 1, "model.text.buckets must be >= 1"),
+        (cfg.model.text.embed_dim >= 1, "model.text.embed_dim must be >= 1"),
+        (cfg.model.attributes.hidden >= 1, "model.attributes.hidden must be >= 1"),
+        (cfg.model.backbone.name != "none" or cfg.model.roi_context == 0,
+         "model.roi_context needs a backbone (model.backbone.name is none)"),
         (cfg.model.relation.layers >= 0, "model.relation.layers must be >= 0"),
         (cfg.model.relation.heads >= 1, "model.relation.heads must be >= 1"),
         (cfg.model.dim % cfg.model.relation.heads == 0,

@@ -13,6 +13,7 @@ from scipy.special import expit
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from detgroup.data.dataset import model_inputs
 from detgroup.decoder import Partition, decode, decode_sparse, neighbor_edges
 from detgroup.errors import DetgroupError
 from detgroup.metrics import GroupingEvaluator
@@ -149,7 +150,7 @@ def evaluate(
     for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
         batch = move_batch(batch, device)
         start = time.perf_counter()
-        outputs = model(batch["images"], batch["boxes"], batch["pad_mask"], batch["image_sizes"])
+        outputs = model(**model_inputs(batch))
         mid = time.perf_counter()
         preds = postprocess(outputs, batch["boxes"], batch["image_ids"])
         decode_time += time.perf_counter() - mid

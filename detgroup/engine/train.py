@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from detgroup.atomic import atomic_open, atomic_write_json, remove_stale_temp_files
 from detgroup.config import VAL_METRICS, Config, config_to_dict, config_to_yaml
-from detgroup.data.dataset import GroupDataset, collate_groups
+from detgroup.data.dataset import GroupDataset, collate_groups, model_inputs
 from detgroup.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from detgroup.engine.evaluate import PostProcess, evaluate, move_batch
 from detgroup.errors import DetgroupError
@@ -158,14 +158,30 @@ def build_loaders(cfg: Config) -> tuple[GroupDataset, GroupDataset]:
         cfg.data.train_ann, cfg.data.train_images, hflip_prob=cfg.data.hflip_prob,
         scale_jitter=cfg.data.scale_jitter, box_jitter=cfg.data.box_jitter,
         photometric=cfg.data.photometric, box_dropout=cfg.data.box_dropout,
-        seed=cfg.train.seed,
+        seed=cfg.train.seed, load_images=cfg.model.backbone.name != "none",
     )
-    val_set = GroupDataset(cfg.data.val_ann, cfg.data.val_images)
+    val_set = GroupDataset(cfg.data.val_ann, cfg.data.val_images,
+                           load_images=cfg.model.backbone.name != "none")
     if train_set.category_names != val_set.category_names:
         raise DetgroupError(
             f"{cfg.data.val_ann}: categories {val_set.category_names} differ from the training "
             f"set's {train_set.category_names}"
         )
+    if cfg.model.attributes.enabled:
+        names = train_set.coco.attribute_names
+        if not names:
+            raise DetgroupError(f"{cfg.data.train_ann}: model.attributes is on but the file "
+                                "declares no top-level 'attribute_names'")
+        if val_set.coco.attribute_names != names:
+            raise DetgroupError(
+                f"{cfg.data.val_ann}: attribute_names {val_set.coco.attribute_names} differ "
+                f"from the training set's {names}"
+            )
+    if cfg.model.text.enabled and not any(
+        "text" in a for anns in train_set.coco.anns_by_image.values() for a in anns
+    ):
+        raise DetgroupError(f"{cfg.data.train_ann}: model.text is on but no annotation has a "
+                            "'text'")
     return train_set, val_set
 
 
@@ -219,6 +235,13 @@ def train(
             f"{cfg.category_names}"
         )
     cfg.category_names = list(names)
+    if cfg.model.attributes.enabled:
+        if cfg.attribute_names and cfg.attribute_names != train_set.coco.attribute_names:
+            raise DetgroupError(
+                f"{cfg.data.train_ann}: attribute_names {train_set.coco.attribute_names} differ "
+                f"from the config's {cfg.attribute_names}"
+            )
+        cfg.attribute_names = list(train_set.coco.attribute_names)
     if cfg.decoder.calibrate:
         cfg.decoder.pair_bias = calibrated_pair_bias(cfg, train_set.coco)
         log.info("decoder.pair_bias = %.3f (calibrated on %s, pair loss %s)",
@@ -315,8 +338,7 @@ def train(
             for batch in bar:
                 batch = move_batch(batch, device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                    outputs = model(batch["images"], batch["boxes"], batch["pad_mask"],
-                                    batch["image_sizes"])
+                    outputs = model(**model_inputs(batch))
                 losses = criterion(outputs, batch)
                 loss = criterion.total(losses)
                 if not torch.isfinite(loss):
