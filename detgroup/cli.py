@@ -107,12 +107,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_loader(args: argparse.Namespace, batch_size: int) -> Any:
+def _eval_loader(args: argparse.Namespace, batch_size: int, load_images: bool = True) -> Any:
     from torch.utils.data import DataLoader
 
     from detgroup.data.dataset import GroupDataset, collate_groups
 
-    dataset = GroupDataset(args.data, args.images)
+    dataset = GroupDataset(args.data, args.images, load_images=load_images)
     return dataset, DataLoader(dataset, batch_size=batch_size, collate_fn=collate_groups)
 
 
@@ -121,21 +121,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from detgroup.atomic import atomic_write_json
     from detgroup.engine.checkpoint import load_model_from_checkpoint
-    from detgroup.engine.evaluate import PostProcess, evaluate
+    from detgroup.engine.evaluate import PostProcess, evaluate, unscored_indices
 
     model, cfg = load_model_from_checkpoint(args.checkpoint)
-    dataset, loader = _eval_loader(args, cfg.data.batch_size)
+    dataset, loader = _eval_loader(args, cfg.data.batch_size,
+                                   load_images=cfg.model.backbone.name != "none")
     if dataset.category_names != cfg.category_names:
         raise DetgroupError(
             f"{args.data}: categories {dataset.category_names} differ from the checkpoint's "
             f"{cfg.category_names}"
         )
+    if cfg.model.attributes.enabled and dataset.coco.attribute_names != cfg.attribute_names:
+        raise DetgroupError(
+            f"{args.data}: attribute_names {dataset.coco.attribute_names} differ from the "
+            f"checkpoint's {cfg.attribute_names}"
+        )
+    names = (cfg.data.unscored_categories if args.unscored_categories is None
+             else args.unscored_categories)
+    unscored = unscored_indices(cfg.category_names, names, source="--unscored-categories")
     post = PostProcess.from_config(cfg.decoder, method=args.method,
                                    consistency=args.consistency, pair_bias=args.pair_bias,
                                    neighbors=args.neighbors)
     summary, per_image = evaluate(
         model, loader, num_classes=len(cfg.category_names), postprocess=post,
-        device=torch.device(args.device), progress=True,
+        device=torch.device(args.device), progress=True, unscored_categories=unscored,
     )
     if args.per_image:
         atomic_write_json(args.per_image, per_image, indent=1)
@@ -281,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="added to the pair logits before decoding (default: the checkpoint's "
                         "decoder.pair_bias)")
     p.add_argument("--per-image", type=Path, help="write per-image metrics JSON here")
+    p.add_argument("--unscored-categories", nargs="*", metavar="NAME", default=None,
+                   help="categories left out of the entity_* metrics (LayoutLM / FUNSD: other); "
+                        "default: the checkpoint's data.unscored_categories")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.set_defaults(func=cmd_eval)
 

@@ -46,6 +46,8 @@ class DataConfig:
     box_jitter: float = 0.0
     photometric: float = 0.0
     box_dropout: float = 0.0
+    # categories left out of the entity_* metrics (LayoutLM / FUNSD protocol: ["other"])
+    unscored_categories: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -20,7 +20,15 @@ Metrics per image (`image_metrics`):
   member sets have IoU > 0.5 (the matching is then unique), or, for the ``exact_`` metrics,
   IoU = 1.0 → group precision (TP / predicted groups), recall (TP / true groups) and F1;
   Group PQ = Σ IoU(matched at > 0.5) / (TP + ½ FP + ½ FN); and the absolute error in the
-  number of groups.
+  number of groups;
+* category-agnostic exact groups (``agnostic_exact_group_*``): a predicted group matches a
+  true group with exactly the same members, whatever the categories of either;
+* entity labelling in the LayoutLM / FUNSD protocol (``entity_*``): the groups of the
+  *scored* categories (all but ``unscored_categories``, e.g. FUNSD's "other") are the
+  entities; a predicted entity is correct only when a true entity has exactly its members and
+  its category. Precision = correct / predicted entities, recall = correct / true entities.
+  Boxes of unscored categories count nowhere, except that a true entity predicted as an
+  unscored category (or merged with one) is missed.
 
 `GroupingEvaluator` accumulates images. Its `summary` pools over boxes the category metrics
 (accuracy; macro F1 over ``range(num_classes)``), pools the pair and group counts before
@@ -156,6 +164,7 @@ def _image_metrics(
     gt_groups: np.ndarray,
     pred_categories: np.ndarray,
     pred_groups: np.ndarray,
+    unscored_categories: Sequence[int] = (),
 ) -> dict[str, float | int]:
     n = gt_categories.size
     gt_ids, gt_cluster_cats = _clusters(gt_categories, gt_groups)
@@ -193,6 +202,11 @@ def _image_metrics(
     group_tp = int(matched.sum())
     exact_tp = int((same_category & (inter == union)).sum())
     iou_sum = float((inter[matched] / union[matched]).sum())
+    agnostic_exact_tp = int((inter == union).sum())
+    unscored = np.asarray(list(unscored_categories), dtype=np.int64)
+    gt_scored = ~np.isin(gt_cluster_cats, unscored)  # [K_gt]
+    pred_scored = ~np.isin(pred_cluster_cats, unscored)  # [K_pred]
+    entity_tp = int((same_category & (inter == union) & gt_scored[cell_gt]).sum())
 
     metrics: dict[str, float | int] = {
         "num_boxes": n,
@@ -214,9 +228,29 @@ def _image_metrics(
         "group_tp": group_tp,
         "exact_group_tp": exact_tp,
         "group_iou_sum": iou_sum,
+        "agnostic_exact_group_tp": agnostic_exact_tp,
+        "entity_tp": entity_tp,
+        "entity_pred": int(pred_scored.sum()),
+        "entity_true": int(gt_scored.sum()),
     }
     metrics.update(_group_rates(group_tp, exact_tp, iou_sum, num_gt, num_pred))
+    metrics.update(_extra_rates(agnostic_exact_tp, num_gt, num_pred, entity_tp,
+                                int(gt_scored.sum()), int(pred_scored.sum())))
     return metrics
+
+
+def _extra_rates(agnostic_tp: int, num_gt: int, num_pred: int, entity_tp: int,
+                 entity_true: int, entity_pred: int) -> dict[str, float]:
+    """Category-agnostic exact-group and LayoutLM-protocol entity precision/recall/F1."""
+    rates: dict[str, float] = {}
+    for prefix, hits, true, pred in (("agnostic_exact_group", agnostic_tp, num_gt, num_pred),
+                                     ("entity", entity_tp, entity_true, entity_pred)):
+        precision = _rate(hits, pred, true)
+        recall = _rate(hits, true, pred)
+        rates[f"{prefix}_precision"] = precision
+        rates[f"{prefix}_recall"] = recall
+        rates[f"{prefix}_f1"] = _f1(precision, recall)
+    return rates
 
 
 def _group_rates(
@@ -240,6 +274,8 @@ def image_metrics(
     gt_groups: Labels,
     pred_categories: Labels,
     pred_groups: Labels,
+    *,
+    unscored_categories: Sequence[int] = (),
 ) -> dict[str, float | int]:
     """Category, partition and group-detection metrics of one image.
 
@@ -257,13 +293,18 @@ def image_metrics(
         ``num_boxes``, ``pair_tp``, ``pair_pred``, ``pair_true`` (same-group pairs in both,
         predicted, true), ``num_gt_groups``, ``num_pred_groups``, ``num_groups_error``
         (absolute difference), ``group_tp``, ``exact_group_tp``, ``group_iou_sum`` (Σ IoU of
-        the matched groups). Conventions for degenerate cases are in the module docstring.
+        the matched groups); ``agnostic_exact_group_precision/recall/f1`` (members only) and
+        ``entity_precision/recall/f1`` (the LayoutLM protocol, groups of the categories not in
+        ``unscored_categories``) with their counts ``agnostic_exact_group_tp``,
+        ``entity_tp``, ``entity_pred``, ``entity_true``. Conventions for degenerate cases are
+        in the module docstring.
 
     Raises:
         DetgroupError: an input is not a 1-D integer array, the lengths differ, or a category
             is negative.
     """
-    return _image_metrics(*_check_inputs(gt_categories, gt_groups, pred_categories, pred_groups))
+    return _image_metrics(*_check_inputs(gt_categories, gt_groups, pred_categories, pred_groups),
+                          unscored_categories)
 
 
 class GroupingEvaluator:
@@ -271,12 +312,15 @@ class GroupingEvaluator:
 
     Args:
         num_classes: C, the number of categories; category indices are in ``[0, C)``.
+        unscored_categories: category indices left out of the ``entity_*`` metrics (the
+            LayoutLM / FUNSD protocol does not score "other"); default: none.
     """
 
-    def __init__(self, *, num_classes: int) -> None:
+    def __init__(self, *, num_classes: int, unscored_categories: Sequence[int] = ()) -> None:
         if num_classes < 1:
             raise DetgroupError(f"metrics: num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
+        self.unscored_categories = [int(c) for c in unscored_categories]
         self.per_image: list[dict[str, float | int]] = []
         self._confusion = np.zeros((num_classes, num_classes), dtype=np.int64)  # [C, C]
 
@@ -300,7 +344,7 @@ class GroupingEvaluator:
                     f"metrics: {name} holds category {cats.max()} "
                     f"but num_classes is {self.num_classes}"
                 )
-        metrics = _image_metrics(*arrays)
+        metrics = _image_metrics(*arrays, self.unscored_categories)
         np.add.at(self._confusion, (gt_cats, pred_cats), 1)
         self.per_image.append(metrics)
         return metrics
@@ -313,7 +357,8 @@ class GroupingEvaluator:
             ``hungarian_acc``, ``num_groups_mae`` (means over non-empty images);
             ``pair_precision``, ``pair_recall``, ``pair_f1``, ``group_precision``,
             ``group_recall``, ``group_f1``, ``exact_group_precision``, ``exact_group_recall``,
-            ``exact_group_f1``, ``group_pq`` (from counts pooled over images);
+            ``exact_group_f1``, ``group_pq``, ``agnostic_exact_group_precision/recall/f1``,
+            ``entity_precision/recall/f1`` (from counts pooled over images);
             ``num_images`` (empty ones included) and ``num_boxes``.
         """
         images = [m for m in self.per_image if m["num_boxes"] > 0]
@@ -345,6 +390,16 @@ class GroupingEvaluator:
                 total("group_iou_sum"),
                 int(total("num_gt_groups")),
                 int(total("num_pred_groups")),
+            )
+        )
+        summary.update(
+            _extra_rates(
+                int(total("agnostic_exact_group_tp")),
+                int(total("num_gt_groups")),
+                int(total("num_pred_groups")),
+                int(total("entity_tp")),
+                int(total("entity_true")),
+                int(total("entity_pred")),
             )
         )
         return summary

@@ -231,7 +231,11 @@ def _attributes(item: dict[str, Any]) -> torch.Tensor:
     values = item.get("attributes")
     if values is None:
         return torch.zeros(len(item["boxes"]), 0)
-    return torch.as_tensor(values, dtype=torch.float32).reshape(len(item["boxes"]), -1)
+    values = torch.as_tensor(values, dtype=torch.float32)
+    if values.dim() != 2:  # e.g. an empty list for no boxes
+        return values.reshape(len(item["boxes"]), 0) if values.numel() == 0 else \
+            values.reshape(len(item["boxes"]), -1)
+    return values
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:

@@ -39,6 +39,14 @@ class ImagePrediction:
     affinity: np.ndarray
 
 
+def unscored_indices(names: list[str], unscored: list[str], *, source: str) -> list[int]:
+    """Class indices of the category names in ``unscored``; an unknown name is an error."""
+    unknown = [u for u in unscored if u not in names]
+    if unknown:
+        raise DetgroupError(f"{source}: unscored categories {unknown} are not among {names}")
+    return [names.index(u) for u in unscored]
+
+
 class PostProcess:
     """Turns the model's batched logits into :class:`ImagePrediction` per image."""
 
@@ -136,15 +144,18 @@ def evaluate(
     postprocess: PostProcess,
     device: torch.device,
     progress: bool = False,
+    unscored_categories: list[int] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Run the model on every batch, decode, and score against the batch's ground truth.
 
     Returns the summary (see :class:`detgroup.metrics.GroupingEvaluator`, plus
     ``model_seconds`` and ``decode_seconds`` per image) and per-image metric dicts.
+    ``unscored_categories``: class indices left out of the ``entity_*`` metrics.
     """
     was_training = model.training
     model.eval()
-    evaluator = GroupingEvaluator(num_classes=num_classes)
+    evaluator = GroupingEvaluator(num_classes=num_classes,
+                                  unscored_categories=unscored_categories or ())
     per_image: list[dict[str, Any]] = []
     model_time = decode_time = 0.0
     for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):

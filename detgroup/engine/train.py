@@ -32,7 +32,7 @@ from detgroup.atomic import atomic_open, atomic_write_json, remove_stale_temp_fi
 from detgroup.config import VAL_METRICS, Config, config_to_dict, config_to_yaml
 from detgroup.data.dataset import GroupDataset, collate_groups, model_inputs
 from detgroup.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
-from detgroup.engine.evaluate import PostProcess, evaluate, move_batch
+from detgroup.engine.evaluate import PostProcess, evaluate, move_batch, unscored_indices
 from detgroup.errors import DetgroupError
 from detgroup.losses import GroupCriterion, calibrated_pair_bias
 from detgroup.model.detector import build_model
@@ -296,6 +296,8 @@ def train(
         ids = [device.index] if device.type == "cuda" else None
         model = DistributedDataParallel(model, device_ids=ids)
     postprocess = PostProcess.from_config(cfg.decoder)
+    unscored = unscored_indices(names, cfg.data.unscored_categories,
+                                source="config data.unscored_categories")
     val_items = range(len(val_set)) if cfg.train.max_val_images <= 0 else range(
         min(cfg.train.max_val_images, len(val_set)))
     val_loader = DataLoader(
@@ -379,7 +381,7 @@ def train(
             if is_eval and info.main:
                 summary, _ = evaluate(
                     _unwrap(model), val_loader, num_classes=len(names), postprocess=postprocess,
-                    device=device, progress=progress,
+                    device=device, progress=progress, unscored_categories=unscored,
                 )
                 row.update({f"val_{k}": summary[k] for k in VAL_METRICS})
                 if writer is not None:
