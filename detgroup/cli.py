@@ -181,7 +181,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_viz(args: argparse.Namespace) -> int:
     from detgroup.engine.infer import draw_annotations
 
-    written = draw_annotations(args.data, args.images, args.out, limit=args.limit)
+    written = draw_annotations(args.data, args.images, args.out, limit=args.limit,
+                               label_text=args.label_text)
     print(f"{written} overlays -> {args.out}")
     return 0
 
@@ -322,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--limit", type=int, default=0, help="draw at most this many images")
+    p.add_argument("--label-text", action="store_true",
+                   help="write each box's 'text' inside it")
     p.set_defaults(func=cmd_viz)
 
     p = sub.add_parser("export", help="export the network to TorchScript or ONNX")

@@ -502,7 +502,7 @@ def draw_groups(image: np.ndarray, boxes: np.ndarray, categories: np.ndarray, gr
                 category_names: list[str], *,
                 group_scores: dict[tuple[int, int], float] | None = None,
                 affinity: np.ndarray | None = None, title: str | None = None,
-                min_side: int = 512) -> np.ndarray:
+                min_side: int = 512, texts: list[str] | None = None) -> np.ndarray:
     """Draw grouped boxes on a copy of ``image`` with a legend and, optionally, a heat map.
 
     Args:
@@ -516,6 +516,8 @@ def draw_groups(image: np.ndarray, boxes: np.ndarray, categories: np.ndarray, gr
             rows/cols in group order beside the image.
         title: text for a header above everything.
         min_side: images whose long side is shorter are upscaled to it before drawing.
+        texts: N strings (a box's OCR text), written small inside each box (characters
+            outside ASCII as '?'); None: none.
 
     Returns:
         A new uint8 [H', W', 3] RGB canvas: the (upscaled) image with group hulls, boxes and
@@ -543,6 +545,10 @@ def draw_groups(image: np.ndarray, boxes: np.ndarray, categories: np.ndarray, gr
 
     grouped = _collect_groups(boxes, categories, groups, category_names, group_scores)
     _draw_overlay(canvas, boxes, grouped, sizes)
+    if texts is not None:
+        if len(texts) != len(boxes):
+            raise DetgroupError(f"draw_groups: {len(texts)} texts for {len(boxes)} boxes")
+        _draw_box_texts(canvas, boxes, texts)
     panels = [canvas, _legend(grouped, len(boxes), canvas.shape[0], sizes)]
     if affinity is not None and len(boxes):
         panels.append(_heat_map(affinity, grouped, canvas.shape[0], sizes))
@@ -550,6 +556,19 @@ def draw_groups(image: np.ndarray, boxes: np.ndarray, categories: np.ndarray, gr
     if title:
         out = np.vstack([_header(out.shape[1], [(0, title)], sizes), out])
     return out
+
+
+def _draw_box_texts(canvas: np.ndarray, boxes: np.ndarray, texts: list[str]) -> None:
+    """Each box's text at its top-left corner, scaled to the box height, on a light halo."""
+    for box, text in zip(boxes, texts, strict=True):
+        label = (text or "").encode("ascii", "replace").decode("ascii")
+        if not label:
+            continue
+        height = max(6.0, float(box[3] - box[1]))
+        scale = max(0.25, min(1.0, 0.7 * height / 22.0))
+        x, y = int(box[0]) + 1, int(box[1]) + 1
+        for colour, thickness in (((255, 255, 255), 3), ((20, 20, 140), 1)):
+            _put_text(canvas, label, x, y, scale, thickness, colour)
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, *,

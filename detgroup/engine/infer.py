@@ -6,6 +6,14 @@ with ``<image stem>.json`` (``[[x1, y1, x2, y2], ...]`` or ``{"boxes": [...]}``)
 ``<image stem>.csv`` (rows ``x1,y1,x2,y2``, an optional header line), or one JSON file mapping
 image file names to such lists.
 
+Boxes may carry their text and attributes (what a model with ``model.text`` /
+``model.attributes`` reads): in a COCO file the annotations' ``text`` and ``attributes``; in a
+per-image JSON ``{"boxes": [...], "texts": [...], "attributes": [[...], ...]}`` (one entry per
+box); in a CSV a fifth column, the box's text. A ``texts`` or ``attributes`` list whose length
+differs from the boxes' is an error naming the file, found before anything is written.
+Both travel into ``per_image/<stem>.json`` and ``predictions.json`` (``text`` and ``attributes``
+per box, ``attribute_names`` at the top).
+
 Output folder: ``per_image/<stem>.json`` (readable: groups with members, category, score,
 enclosing box), ``overlays/<stem>.png``, ``results.json`` (COCO results with ``group_id`` and
 ``group_score``) and ``predictions.json`` (a COCO-with-groups file of the predictions, which
@@ -60,14 +68,22 @@ class BoxSource:
         self.spec = spec
         self.coco: dict[str, tuple[int, np.ndarray]] = {}
         self.mapping: dict[str, Any] | None = None
+        # texts and attributes of the boxes of a COCO file, by image file name
+        self.coco_extras: dict[str, tuple[list[str] | None, np.ndarray | None]] = {}
         if spec.is_dir():
             return
         data = read_json(spec)
         if isinstance(data, dict) and "images" in data and "annotations" in data:
             coco = load_coco_groups(spec)
             for info in coco.images:
-                boxes = coco.targets(info["id"])["boxes"]
+                target = coco.targets(info["id"])
+                boxes = target["boxes"]
                 self.coco[Path(info["file_name"]).name] = (int(info["id"]), boxes)
+                anns = coco.anns_by_image.get(info["id"], [])
+                has_text = any("text" in a for a in anns)
+                self.coco_extras[Path(info["file_name"]).name] = (
+                    target["texts"] if has_text else None,
+                    target["attributes"] if coco.attribute_names else None)
         elif isinstance(data, dict):
             self.mapping = {Path(k).name: v for k, v in data.items()}
         else:
@@ -91,6 +107,60 @@ class BoxSource:
             if file.is_file():
                 return None, _read_box_file(file), str(file)
         raise DetgroupError(f"{self.spec}: no {image.stem}.json or {image.stem}.csv box file")
+
+
+    def extras(self, image: Path, num_boxes: int) -> tuple[list[str] | None, Any]:
+        """(texts or None, attributes or None) of the boxes of one image; a list whose length
+        is not ``num_boxes`` is a DetgroupError naming its file."""
+        if self.coco:
+            return self.coco_extras.get(image.name, (None, None))
+        if self.mapping is not None:
+            value, source = self.mapping.get(image.name), self.spec
+        else:
+            value, source = None, self.spec
+            for suffix in (".json", ".csv"):
+                file = self.spec / f"{image.stem}{suffix}"
+                if file.is_file():
+                    source = file
+                    value = read_json(file) if suffix == ".json" else _read_csv_texts(file)
+                    break
+        return _box_extras(value, source, num_boxes)
+
+
+def _box_extras(value: Any, source: Path, num_boxes: int) -> tuple[list[str] | None, Any]:
+    """The ``texts`` and ``attributes`` lists of a per-image box record, checked."""
+    if isinstance(value, list) and value and isinstance(value[0], str):
+        value = {"texts": value}  # the texts column of a CSV
+    if not isinstance(value, dict):
+        return None, None
+    texts, attributes = value.get("texts"), value.get("attributes")
+    if texts is not None:
+        if not isinstance(texts, list):
+            raise DetgroupError(f"{source}: 'texts' must be a list of strings")
+        if len(texts) != num_boxes:
+            raise DetgroupError(f"{source}: 'texts' has {len(texts)} entries for {num_boxes} "
+                                "boxes (one string per box)")
+        bad = [i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)]
+        if bad:
+            raise DetgroupError(f"{source}: 'texts' entry {bad[0]} is not a string: "
+                                f"{texts[bad[0]]!r}")
+    if attributes is not None:
+        if not isinstance(attributes, list) or len(attributes) != num_boxes:
+            count = len(attributes) if isinstance(attributes, list) else "no"
+            raise DetgroupError(f"{source}: 'attributes' has {count} entries for {num_boxes} "
+                                "boxes (one list of numbers per box)")
+    return texts, attributes
+
+
+def _read_csv_texts(path: Path) -> list[str] | None:
+    """The fifth column (the box's text) of a CSV box file, or None if it has none."""
+    texts: list[str] = []
+    with path.open(newline="") as f:
+        for line_no, row in enumerate(csv.reader(f), start=1):
+            if not row or (line_no == 1 and not _is_float(row[0])):
+                continue
+            texts.append(row[4] if len(row) > 4 else "")
+    return texts if any(texts) else None
 
 
 def _box_list(value: Any, source: Path) -> Any:
@@ -165,9 +235,10 @@ class Detector:
         return det["boxes"][keep].cpu().numpy()
 
 
-def _record(image: Path, image_id: int, pixels: np.ndarray, result: GroupResult) -> dict[str, Any]:
+def _record(image: Path, image_id: int, pixels: np.ndarray, result: GroupResult,
+            texts: list[str] | None = None, attributes: Any = None) -> dict[str, Any]:
     names = result.category_names
-    return {
+    record = {
         "file_name": image.name,
         "image_id": image_id,
         "width": int(pixels.shape[1]),
@@ -180,6 +251,12 @@ def _record(image: Path, image_id: int, pixels: np.ndarray, result: GroupResult)
                                     result.scores, strict=True)
         ],
     }
+    for k, box in enumerate(record["boxes"]):
+        if texts is not None:
+            box["text"] = texts[k] or ""
+        if attributes is not None:
+            box["attributes"] = [float(v) for v in attributes[k]]
+    return record
 
 
 def run_inference(
@@ -208,6 +285,8 @@ def run_inference(
     grouper = Grouper.from_checkpoint(checkpoint, device=device, method=method,
                                       neighbors=neighbors)
     source = BoxSource(boxes) if boxes is not None else None
+    if source is not None:
+        _check_all_extras(source, files)
     det = (Detector(detector, arch=detector_arch, score=detector_score,
                     classes=detector_classes, device=device) if detector is not None else None)
     try:
@@ -240,9 +319,16 @@ def run_inference(
                 image_id, raw, where = None, det(pixels), f"detector on {image}"
             image_id = index if image_id is None else image_id
             box_arr = check_boxes(raw, pixels.shape[0], pixels.shape[1], source=where)
-            result = grouper.predict(pixels, box_arr)
+            texts, attributes = (source.extras(image, len(box_arr)) if source is not None
+                                 else (None, None))
+            if texts is None and grouper.uses_text and len(box_arr):
+                raise DetgroupError(f"{where}: the model reads box texts but the boxes come "
+                                    "without 'texts'")
+            if not grouper.attribute_names:
+                attributes = None  # the model reads none, and predictions.json could not name them
+            result = grouper.predict(pixels, box_arr, texts, attributes)
             seconds += time.perf_counter() - start
-            record = _record(image, image_id, pixels, result)
+            record = _record(image, image_id, pixels, result, texts, attributes)
             if overlays:
                 canvas = draw_groups(
                     pixels, result.boxes, result.categories, result.groups, names,
@@ -256,7 +342,7 @@ def run_inference(
         except DetgroupError as err:
             failures.append(str(err))
             log.error("%s", err)
-    _write_collections(out_dir, records, names)
+    _write_collections(out_dir, records, names, grouper.attribute_names)
     return {
         "images_total": len(files), "images_done": done, "images_skipped": skipped,
         "images_failed": len(failures), "failures": failures,
@@ -266,7 +352,19 @@ def run_inference(
     }
 
 
-def _write_collections(out_dir: Path, records: list[dict[str, Any]], names: list[str]) -> None:
+def _check_all_extras(source: BoxSource, files: list[Path]) -> None:
+    """Check the texts / attributes of every image's boxes before anything is written (an image
+    whose boxes cannot be read is left to the main loop, which reports and skips it)."""
+    for image in files:
+        try:
+            _, raw, _ = source.boxes(image)
+        except DetgroupError:
+            continue
+        source.extras(image, len(raw))
+
+
+def _write_collections(out_dir: Path, records: list[dict[str, Any]], names: list[str],
+                       attribute_names: list[str] | None = None) -> None:
     """``results.json`` (COCO results) and ``predictions.json`` (COCO with groups)."""
     results, images, anns = [], [], []
     records = sorted(records, key=lambda r: r["image_id"])
@@ -286,12 +384,19 @@ def _write_collections(out_dir: Path, records: list[dict[str, Any]], names: list
                 "group_score": group_score[box["group"]],
             }
             results.append(entry)
-            anns.append({**entry, "id": len(anns) + 1, "area": entry["bbox"][2] * entry["bbox"][3],
-                         "iscrowd": 0})
+            ann = {**entry, "id": len(anns) + 1, "area": entry["bbox"][2] * entry["bbox"][3],
+                   "iscrowd": 0}
+            for key in ("text", "attributes"):
+                if key in box and (key == "text" or attribute_names):
+                    ann[key] = box[key]
+            anns.append(ann)
     categories = [{"id": k + 1, "name": n} for k, n in enumerate(names)]
     atomic_write_json(out_dir / "results.json", results)
-    atomic_write_json(out_dir / "predictions.json",
-                      {"images": images, "annotations": anns, "categories": categories})
+    predictions: dict[str, Any] = {"images": images, "annotations": anns,
+                                   "categories": categories}
+    if attribute_names and any("attributes" in a for a in anns):
+        predictions["attribute_names"] = list(attribute_names)
+    atomic_write_json(out_dir / "predictions.json", predictions)
 
 
 def per_category_groups(categories: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -307,8 +412,10 @@ def per_category_groups(categories: np.ndarray, groups: np.ndarray) -> np.ndarra
     return out
 
 
-def draw_annotations(data: Path, images_dir: Path, out_dir: Path, *, limit: int = 0) -> int:
-    """Draw a COCO-with-groups file (ground truth or ``predictions.json``) as overlays."""
+def draw_annotations(data: Path, images_dir: Path, out_dir: Path, *, limit: int = 0,
+                     label_text: bool = False) -> int:
+    """Draw a COCO-with-groups file (ground truth or ``predictions.json``) as overlays
+    (``label_text``: each box's ``text`` written in it)."""
     from detgroup.visualize import draw_groups, save_rgb_png
 
     coco = load_coco_groups(data)
@@ -329,7 +436,8 @@ def draw_annotations(data: Path, images_dir: Path, out_dir: Path, *, limit: int 
                 scores[(int(c), int(g))] = float(ann["group_score"])
         canvas = draw_groups(pixels, target["boxes"], target["categories"], groups,
                              coco.category_names, group_scores=scores or None,
-                             title=info["file_name"])
+                             title=info["file_name"],
+                             texts=target["texts"] if label_text else None)
         save_rgb_png(out_dir / f"{Path(info['file_name']).stem}.png", canvas)
         written += 1
     return written
