@@ -203,7 +203,8 @@ def collate_groups(items: list[dict[str, Any]]) -> dict[str, Any]:
         texts.append(item_texts)
         if num_attributes:
             attributes[b, :n] = _attributes(it)
-    padded_texts = [t for item_texts in texts for t in item_texts + [""] * (n_max - len(item_texts))]
+    padded_texts = [t for item_texts in texts
+                    for t in item_texts + [""] * (n_max - len(item_texts))]  # B * Nmax
     encoded = encode_texts(padded_texts)
     return {
         "images": images,
