@@ -45,12 +45,11 @@ def _one(n: int, checkpoint: str | None, threads: int) -> dict[str, float]:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     items = grouper._item(image, boxes, 0)
-    from detgroup.data.dataset import collate_groups
+    from detgroup.data.dataset import collate_groups, model_inputs
 
     batch = collate_groups([items])
     with torch.no_grad():
-        out = grouper.model(batch["images"], batch["boxes"], batch["pad_mask"],
-                            batch["image_sizes"])
+        out = grouper.model(**model_inputs(batch))
     forward = time.perf_counter() - start
     start = time.perf_counter()
     result = grouper.postprocess(out, batch["boxes"], batch["image_ids"])[0]
