@@ -282,6 +282,8 @@ def test_no_backbone_text_model_trains_and_predicts(layout_text_checkpoint: Path
     flipped = grouper.predict(None, target["boxes"], swapped, target["attributes"],
                               image_size=(64, 64))
     assert not np.allclose(flipped.class_probs, result.class_probs)
+    empty = grouper.predict(None, [], [], np.zeros((0, 2)), image_size=(64, 64))
+    assert empty.categories.shape == (0,)
     with pytest.raises(DetgroupError, match="trained with box texts"):
         grouper.predict(None, target["boxes"], None, target["attributes"])
     with pytest.raises(DetgroupError, match=f"{n - 1} texts for {n} boxes"):

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from detgroup.data.coco_groups import CocoGroups, load_coco_groups
 from detgroup.data.images import read_image_rgb
-from detgroup.ops.text import encode_texts
+from detgroup.ops.text import SHAPE_FEATURES, encode_texts
 
 
 class GroupDataset(Dataset):
@@ -217,7 +217,7 @@ def collate_groups(items: list[dict[str, Any]]) -> dict[str, Any]:
         "texts": texts,
         "text_hashes": torch.from_numpy(encoded["text_hashes"]),
         "text_offsets": torch.from_numpy(encoded["text_offsets"]),
-        "text_shape": torch.from_numpy(encoded["text_shape"]).view(batch, n_max, -1),
+        "text_shape": torch.from_numpy(encoded["text_shape"]).view(batch, n_max, SHAPE_FEATURES),
         "attributes": attributes,
     }
 

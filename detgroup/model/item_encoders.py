@@ -43,7 +43,7 @@ class TextEncoder(nn.Module):
         """
         rows = torch.where(hashes < 0, torch.zeros_like(hashes), hashes % self.buckets + 1)
         bags = self.bag(rows, offsets)  # [B * N, E]
-        bags = bags.view(shape.shape[0], shape.shape[1], -1)  # [B, N, E]
+        bags = bags.view(shape.shape[0], shape.shape[1], self.bag.embedding_dim)  # [B, N, E]
         return self.mlp(torch.cat([bags, shape.to(bags.dtype)], dim=-1))
 
 
