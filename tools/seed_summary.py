@@ -1,8 +1,8 @@
 """Mean ± sd over seeds of ``detgroup eval --json`` summaries, as one Markdown table row.
 
 Each argument is ``EVAL_JSON[:RUN_DIR]``: a file holding the last line that ``detgroup eval
---json`` printed, and optionally the training folder whose ``summary.json`` gives the training
-time. Columns: word category accuracy, macro-F1, ARI, exact-entity F1 (categories must match),
+--json`` printed, and optionally the training folder whose ``log.csv`` gives the training time
+(the sum of its epochs' seconds, so a run stopped and resumed counts each epoch once). Columns: word category accuracy, macro-F1, ARI, exact-entity F1 (categories must match),
 category-agnostic exact-entity F1, entity F1 of the LayoutLM protocol, Group PQ, train minutes,
 ms per form (model forward + decoding).
 
@@ -13,6 +13,7 @@ ms per form (model forward + decoding).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
@@ -42,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         lines = Path(eval_path).read_text().strip().splitlines()
         evals.append(json.loads(lines[-1]))
         if run_dir:
-            summary = json.loads((Path(run_dir) / "summary.json").read_text())
-            minutes.append(summary["train_seconds"] / 60)
+            with (Path(run_dir) / "log.csv").open(newline="") as f:
+                minutes.append(sum(float(r["epoch_seconds"]) for r in csv.DictReader(f)) / 60)
     if args.header:
         names = [name for _, name in COLUMNS] + ["train min", "ms per form"]
         print(f"| method (seeds) | {' | '.join(names)} |")
