@@ -2,9 +2,10 @@
 
 Each argument is ``EVAL_JSON[:RUN_DIR]``: a file holding the last line that ``detgroup eval
 --json`` printed, and optionally the training folder whose ``log.csv`` gives the training time
-(the sum of its epochs' seconds, so a run stopped and resumed counts each epoch once). Columns: word category accuracy, macro-F1, ARI, exact-entity F1 (categories must match),
-category-agnostic exact-entity F1, entity F1 of the LayoutLM protocol, Group PQ, train minutes,
-ms per form (model forward + decoding).
+(the sum of its epochs' seconds, so a run stopped and resumed counts each whole epoch once).
+Columns: word category accuracy, macro-F1, ARI, exact-entity F1 (categories must match),
+category-agnostic exact-entity F1, entity F1 of the LayoutLM protocol, Group PQ, train
+minutes, ms per form (model forward + decoding).
 
     python tools/seed_summary.py --name "layout + text" \\
         runs/s0/eval.json:runs/s0 runs/s1/eval.json:runs/s1 runs/s2/eval.json:runs/s2
