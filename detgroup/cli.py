@@ -114,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_loader(args: argparse.Namespace, batch_size: int) -> Any:
+def _eval_loader(args: argparse.Namespace, batch_size: int, load_images: bool = True) -> Any:
     from torch.utils.data import DataLoader
 
     from detgroup.data.coco_groups import load_coco_groups
@@ -128,7 +128,7 @@ def _eval_loader(args: argparse.Namespace, batch_size: int) -> Any:
     if counts["group_unknown"] == counts["boxes"]:
         raise DetgroupError(f"{args.data}: every box has group_id -1 (group unknown): the "
                             "grouping metrics are undefined")
-    dataset = GroupDataset(coco, args.images)
+    dataset = GroupDataset(coco, args.images, load_images=load_images)
     return dataset, DataLoader(dataset, batch_size=batch_size, collate_fn=collate_groups)
 
 
@@ -161,16 +161,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from detgroup.atomic import atomic_write_json
     from detgroup.engine.checkpoint import load_model_from_checkpoint
     from detgroup.engine.device import resolve_device
-    from detgroup.engine.evaluate import PostProcess, evaluate
+    from detgroup.engine.evaluate import PostProcess, evaluate, unscored_indices
 
     device = resolve_device(args.device)
     model, cfg = load_model_from_checkpoint(args.checkpoint)
-    dataset, loader = _eval_loader(args, cfg.data.batch_size)
+    dataset, loader = _eval_loader(args, cfg.data.batch_size,
+                                   load_images=cfg.model.backbone.name != "none")
     if dataset.category_names != cfg.category_names:
         raise DetgroupError(
             f"{args.data}: categories {dataset.category_names} differ from the checkpoint's "
             f"{cfg.category_names}"
         )
+    if cfg.model.attributes.enabled and dataset.coco.attribute_names != cfg.attribute_names:
+        raise DetgroupError(
+            f"{args.data}: attribute_names {dataset.coco.attribute_names} differ from the "
+            f"checkpoint's {cfg.attribute_names}"
+        )
+    names = (cfg.data.unscored_categories if args.unscored_categories is None
+             else args.unscored_categories)
+    unscored = unscored_indices(cfg.category_names, names, source="--unscored-categories")
     post = PostProcess.from_config(cfg.decoder, method=args.method,
                                    consistency=args.consistency, pair_bias=args.pair_bias,
                                    neighbors=args.neighbors)
@@ -189,7 +198,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                               f"{post.pair_bias:+.3f}, neighbors {post.neighbors}")])
     summary, per_image = evaluate(
         model, loader, num_classes=len(cfg.category_names), postprocess=post,
-        device=device, progress=True,
+        device=device, progress=True, unscored_categories=unscored,
         on_image=None if report is None else report.add,
     )
     if args.per_image:
@@ -240,7 +249,8 @@ def cmd_viz(args: argparse.Namespace) -> int:
         return 0
     from detgroup.engine.infer import draw_annotations
 
-    written = draw_annotations(args.data, args.images, args.out, limit=args.limit)
+    written = draw_annotations(args.data, args.images, args.out, limit=args.limit,
+                               label_text=args.label_text)
     print(f"{written} overlays -> {args.out}")
     return 0
 
@@ -417,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 100)")
     p.add_argument("--report-sort", choices=["ari", "exact_group_f1", "cat_acc"],
                    default="ari", help="metric the report sorts by, worst first (default: ari)")
+    p.add_argument("--unscored-categories", nargs="*", metavar="NAME", default=None,
+                   help="categories left out of the entity_* metrics (LayoutLM / FUNSD: other); "
+                        "default: the checkpoint's data.unscored_categories")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.set_defaults(func=cmd_eval)
 
@@ -460,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ground truth of the same images: --data is then the predictions, and "
                         "each PNG shows truth | prediction with matched group colours")
     p.add_argument("--limit", type=int, default=0, help="draw at most this many images (0: all)")
+    p.add_argument("--label-text", action="store_true",
+                   help="write each box's 'text' inside it")
     p.set_defaults(func=cmd_viz)
 
     p = command("export", "export the network to torch.export (.pt2), TorchScript or ONNX")

@@ -18,7 +18,8 @@ from omegaconf.errors import OmegaConfBaseException
 from detgroup.data.synth import SynthConfig
 from detgroup.errors import DetgroupError
 
-BACKBONES = ("small", "resnet18", "resnet34", "resnet50")
+BACKBONES = ("small", "resnet18", "resnet34", "resnet50", "none")  # none: geometry + items only
+FUSIONS = ("sum", "concat")
 DETECTOR_BACKBONES = ("resnet50_fpn", "mobilenet_v3_large_fpn")
 PAIR_LOSSES = ("bce", "kcl", "mcl", "ae")
 DECODERS = ("gaec-kl", "average", "components", "exact")
@@ -47,11 +48,17 @@ class DataConfig:
     box_jitter: float = 0.0
     photometric: float = 0.0
     box_dropout: float = 0.0
+    # categories left out of the entity_* metrics (LayoutLM / FUNSD protocol: ["other"])
+    unscored_categories: list[str] = field(default_factory=list)
 
 
 @dataclass
 class BackboneConfig:
-    """A torchvision backbone; ``weights`` is a local state-dict file (never downloaded)."""
+    """A torchvision backbone; ``weights`` is a local state-dict file (never downloaded).
+
+    ``name: none``: no image at all; each token is built from the box geometry and the box's
+    text and attributes (``model.text``, ``model.attributes``), and images are never read.
+    """
 
     name: str = "small"
     weights: str | None = None
@@ -130,6 +137,23 @@ class DetectorConfig:
 
 
 @dataclass
+class TextConfig:
+    """A learned embedding of each box's ``text`` (hashed character n-grams, detgroup.ops.text)."""
+
+    enabled: bool = False
+    buckets: int = 50_000  # hash buckets of the n-gram embedding (+ one row for no text)
+    embed_dim: int = 64  # width of the n-gram embedding, projected to model.dim
+
+
+@dataclass
+class AttributesConfig:
+    """A small MLP on each box's ``attributes`` vector (names from the data's attribute_names)."""
+
+    enabled: bool = False
+    hidden: int = 64
+
+
+@dataclass
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -151,6 +175,10 @@ class ModelConfig:
     # text height, as a same-line linking rule sees them (documents; off by default)
     pair_layout_features: bool = False
     pair_candidates: PairCandidatesConfig = field(default_factory=PairCandidatesConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    attributes: AttributesConfig = field(default_factory=AttributesConfig)
+    # how the text and attribute tokens join the box token: sum, or concat + linear
+    fusion: str = "sum"
 
 
 @dataclass
@@ -215,6 +243,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     category_names: list[str] = field(default_factory=list)  # filled from the training data
+    # the training data's top-level attribute_names (when model.attributes is on)
+    attribute_names: list[str] = field(default_factory=list)
 
 
 def _check(cfg: Config) -> None:
@@ -250,6 +280,16 @@ def _check(cfg: Config) -> None:
         (cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
         (cfg.train.select_by in VAL_METRICS,
          f"train.select_by must be one of {VAL_METRICS}"),
+        (cfg.model.fusion in FUSIONS, f"model.fusion must be one of {FUSIONS}"),
+        (cfg.model.text.buckets >= 1, "model.text.buckets must be >= 1"),
+        (cfg.model.text.embed_dim >= 1, "model.text.embed_dim must be >= 1"),
+        (cfg.model.attributes.hidden >= 1, "model.attributes.hidden must be >= 1"),
+        (cfg.model.backbone.name != "none" or cfg.model.roi_context == 0,
+         "model.roi_context needs a backbone (model.backbone.name is none)"),
+        (cfg.model.detector.backbone is None
+         or not (cfg.model.text.enabled or cfg.model.attributes.enabled),
+         "model.text and model.attributes are not available with model.detector (its boxes are "
+         "found, not given, so they carry no text)"),
         (cfg.model.relation.layers >= 0, "model.relation.layers must be >= 0"),
         (cfg.model.relation.heads >= 1, "model.relation.heads must be >= 1"),
         (cfg.model.dim % cfg.model.relation.heads == 0,

@@ -4,7 +4,13 @@ The exported graph is :class:`SingleImageNetwork`: one image and its boxes in, c
 pair logits out. The partition decoder is not part of it: it stays in numpy
 (:func:`detgroup.decoder.partition` / ``decode``) and reads the two outputs.
 
-* Inputs: ``image`` float32 [1, 3, H, W] RGB in [0, 1]; ``boxes`` float32 [N, 4] xyxy pixels.
+* Inputs: ``image`` float32 [1, 3, H, W] RGB in [0, 1] (a model without a backbone takes
+  ``image_size`` int64 [2], (H, W), instead); ``boxes`` float32 [N, 4] xyxy pixels; a model
+  with ``model.text`` also ``text_hashes`` int64 [T], ``text_offsets`` int64 [N] and
+  ``text_shape`` float32 [N, S], which :func:`detgroup.ops.text.encode_texts` computes from the
+  N box texts (stable crc32 hashes of character n-grams; the graph maps them to embedding
+  rows); a model with ``model.attributes`` also ``attributes`` float32 [N, A]. The names and
+  their order are :func:`input_names` of the model, also listed in the metadata (``inputs``).
 * Outputs: ``class_logits`` [N, C]; ``pair_logits`` [N, N] (symmetric same-group logits).
 * N and H, W are dynamic. N must be at least 1: with no boxes the torch.export and
   TorchScript graphs raise :data:`NO_BOXES` (the eager model's empty shortcut cannot be
@@ -49,6 +55,7 @@ from detgroup.engine.checkpoint import load_model_from_checkpoint
 from detgroup.errors import DetgroupError
 from detgroup.model.detector import GroupingModel
 from detgroup.model.heads import PairAffinityHead
+from detgroup.ops.text import encode_texts
 
 FORMATS = ("torch-export", "torchscript", "onnx")
 EXPORT_FORMAT = "detgroup-export-v1"
@@ -60,23 +67,41 @@ _EXAMPLE_BOXES = 8
 NO_BOXES = "detgroup export: no boxes (N = 0); skip images without boxes (nothing to group)"
 
 
+def input_names(model: GroupingModel) -> list[str]:
+    """The exported graph's inputs, in order, for ``model``."""
+    names = ["image" if model.backbone is not None else "image_size", "boxes"]
+    if model.uses_text:
+        names += ["text_hashes", "text_offsets", "text_shape"]
+    if model.uses_attributes:
+        names.append("attributes")
+    return names
+
+
 class SingleImageNetwork(nn.Module):
-    """The exported network: :class:`GroupingModel` on one image, without batch or padding."""
+    """The exported network: :class:`GroupingModel` on one image, without batch or padding.
+
+    ``forward(image, boxes, *items)``: the inputs of :func:`input_names`.
+    """
 
     def __init__(self, model: GroupingModel) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, image: Tensor, boxes: Tensor, *items: Tensor) -> tuple[Tensor, Tensor]:
         """
         Args:
-            image: [1, 3, H, W] RGB in [0, 1].
+            image: [1, 3, H, W] RGB in [0, 1]; for a model without a backbone, int64 [2] (H, W).
             boxes: [N, 4] xyxy absolute pixels, N >= 1.
+            items: ``text_hashes`` [T], ``text_offsets`` [N], ``text_shape`` [N, S] (a text
+                model), then ``attributes`` [N, A] (a model with attributes).
 
         Returns:
             class_logits [N, C] and pair_logits [N, N].
         """
-        if torch.compiler.is_exporting():
+        if self.model.backbone is None:
+            image_sizes = image.view(1, 2)  # [1, 2] (H, W)
+            image = boxes.new_zeros(1, 3, 0, 0, dtype=torch.float32)
+        elif torch.compiler.is_exporting():
             # torch.export keeps H, W symbolic as they are
             image_sizes = torch.tensor([[image.shape[2], image.shape[3]]], device=image.device)
         else:
@@ -86,8 +111,18 @@ class SingleImageNetwork(nn.Module):
             # a runtime check inside the exported graph: its N = 0 fails in a reshape otherwise
             torch._assert_async(boxes.new_ones(boxes.shape[0]).sum() > 0, NO_BOXES)
         boxes = boxes.to(image.dtype)  # float64 boxes (numpy's default) are cast, not refused
-        out = self.model(image, boxes.unsqueeze(0), None, image_sizes)
+        extra: dict[str, Tensor] = {}
+        rest = list(items)
+        if self.model.uses_text:
+            extra.update(text_hashes=rest[0], text_offsets=rest[1],
+                         text_shape=rest[2].unsqueeze(0))
+            rest = rest[3:]
+        if self.model.uses_attributes:
+            extra["attributes"] = rest[0].unsqueeze(0)
+        out = self.model(image, boxes.unsqueeze(0), None, image_sizes, **extra)
         return out["pred_logits"][0], out["pred_affinity"][0]
+
+
 
 
 class FixedScaleRoIAlign(nn.Module):
@@ -138,14 +173,29 @@ def _fix_roi_scales(network: SingleImageNetwork) -> SingleImageNetwork:
     return network
 
 
-def _example_inputs() -> tuple[Tensor, Tensor]:
-    """A fixed image and boxes of varied sizes (every RoI level gets some), to trace with."""
+_EXAMPLE_TEXTS = ["Date:", "", "TOTAL", "12/05/98", "Lorillard corporation", "a", "No.", "x-1"]
+
+
+def _example_inputs(model: GroupingModel | None = None) -> tuple[Tensor, ...]:
+    """A fixed image and boxes of varied sizes (every RoI level gets some), to trace with;
+    plus example texts and attributes when ``model`` reads them."""
     image = torch.full((1, 3, _EXAMPLE_SIZE, _EXAMPLE_SIZE), 0.5)
     step = torch.arange(_EXAMPLE_BOXES, dtype=torch.float32)[:, None]  # [N, 1]
     corner = step * 12
     size = 16 + step * 20
     boxes = torch.cat([corner, corner, corner + size, corner + size * 0.75], dim=1)  # [N, 4]
-    return image, boxes
+    if model is None:
+        return image, boxes
+    inputs: list[Tensor] = [
+        image if model.backbone is not None else torch.tensor([_EXAMPLE_SIZE] * 2), boxes]
+    if model.uses_text:
+        encoded = encode_texts(_EXAMPLE_TEXTS[:_EXAMPLE_BOXES])
+        inputs += [torch.from_numpy(encoded[k])
+                   for k in ("text_hashes", "text_offsets", "text_shape")]
+    if model.uses_attributes:
+        count = model.attribute_encoder.mlp[0].in_features
+        inputs.append(torch.linspace(-1, 1, _EXAMPLE_BOXES * count).view(_EXAMPLE_BOXES, count))
+    return tuple(inputs)
 
 
 def _traceable(model: GroupingModel) -> SingleImageNetwork:
@@ -181,6 +231,11 @@ def _exported_program_bytes(network: SingleImageNetwork, metadata: str) -> bytes
     return buffer.getvalue()
 
 
+def _has_item_inputs(model: GroupingModel) -> bool:
+    """True when the exported graph takes more than (image, boxes)."""
+    return model.backbone is None or model.uses_text or model.uses_attributes
+
+
 class _CheckedNetwork(nn.Module):
     """A scripted guard around the traced network: a trace drops the N = 0 assertion."""
 
@@ -200,8 +255,10 @@ class _CheckedNetwork(nn.Module):
 
 def _torchscript_bytes(network: SingleImageNetwork, metadata: str) -> bytes:
     with torch.no_grad():
-        traced = torch.jit.trace(network, _example_inputs(), check_trace=False)
-    scripted = torch.jit.script(_CheckedNetwork(traced))
+        traced = torch.jit.trace(network, _example_inputs(network.model), check_trace=False)
+    # the guard's signature is (image, boxes): a model with item inputs keeps the bare trace
+    scripted = traced if _has_item_inputs(network.model) else torch.jit.script(
+        _CheckedNetwork(traced))
     buffer = io.BytesIO()
     torch.jit.save(scripted, buffer, _extra_files={"detgroup.json": metadata})
     return buffer.getvalue()
@@ -211,21 +268,27 @@ def _onnx_bytes(network: SingleImageNetwork, metadata: str) -> bytes:
     import onnx
 
     buffer = io.BytesIO()
+    names = input_names(network.model)
+    dynamic = {"image": {2: "height", 3: "width"}, "boxes": {0: "num_boxes"},
+               "text_hashes": {0: "num_hashes"}, "text_offsets": {0: "num_boxes"},
+               "text_shape": {0: "num_boxes"}, "attributes": {0: "num_boxes"},
+               "class_logits": {0: "num_boxes"},
+               "pair_logits": {0: "num_boxes", 1: "num_boxes"}}
     with torch.no_grad():
         torch.onnx.export(
-            network, _example_inputs(), buffer, dynamo=False, opset_version=ONNX_OPSET,
-            input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
-            dynamic_axes={"image": {2: "height", 3: "width"}, "boxes": {0: "num_boxes"},
-                          "class_logits": {0: "num_boxes"},
-                          "pair_logits": {0: "num_boxes", 1: "num_boxes"}},
+            network, _example_inputs(network.model), buffer, dynamo=False,
+            opset_version=ONNX_OPSET, input_names=names, output_names=OUTPUT_NAMES,
+            dynamic_axes={k: v for k, v in dynamic.items() if k in names + OUTPUT_NAMES},
         )
     proto = onnx.load_from_string(buffer.getvalue())
     onnx.helper.set_model_props(proto, {"detgroup": metadata})
     return proto.SerializeToString()
 
 
-def _metadata(cfg: Config) -> str:
+def _metadata(cfg: Config, model: GroupingModel) -> str:
     return json.dumps({"format": EXPORT_FORMAT, "category_names": list(cfg.category_names),
+                       "inputs": input_names(model),
+                       "attribute_names": list(cfg.attribute_names),
                        "config": config_to_dict(cfg)})
 
 
@@ -278,9 +341,14 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
+        if fmt == "torch-export" and _has_item_inputs(network.model):
+            raise DetgroupError(
+                f"{checkpoint}: torch-export of a model with texts, attributes or no backbone is "
+                "not supported yet; use --format torchscript or onnx"
+            )
         export = {"torch-export": _exported_program_bytes, "torchscript": _torchscript_bytes,
                   "onnx": _onnx_bytes}[fmt]
-        data = export(network, _metadata(cfg))
+        data = export(network, _metadata(cfg, network.model))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, data)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from detgroup.config import Config
-from detgroup.data.dataset import collate_groups
+from detgroup.data.dataset import collate_groups, model_inputs
 from detgroup.data.images import read_image_rgb, to_rgb_uint8
 from detgroup.engine.checkpoint import load_model_from_checkpoint
 from detgroup.engine.device import resolve_device
@@ -171,35 +171,125 @@ class Grouper:
         """True when the model finds the boxes itself (``model.detector``): boxes optional."""
         return isinstance(self.model, GroupingFasterRCNN)
 
-    def _item(self, image: str | Path | np.ndarray, boxes: Any, index: int) -> dict[str, Any]:
-        if isinstance(image, (str, Path)):
-            pixels = read_image_rgb(image)
-            source = str(image)
-        else:
+    @property
+    def needs_image(self) -> bool:
+        """False for a model without a backbone (``model.backbone.name: none``)."""
+        return self.cfg.model.backbone.name != "none"
+
+    @property
+    def uses_text(self) -> bool:
+        return self.cfg.model.text.enabled
+
+    @property
+    def attribute_names(self) -> list[str]:
+        """Names of the attribute vector the model reads ([] when it reads none)."""
+        return list(self.cfg.attribute_names) if self.cfg.model.attributes.enabled else []
+
+    def _item(self, image: str | Path | np.ndarray | None, boxes: Any, index: int,
+              texts: Any = None, attributes: Any = None,
+              image_size: tuple[int, int] | None = None) -> dict[str, Any]:
+        tensor = None
+        if image is None:
             source = f"image {index}"
-            pixels = to_rgb_uint8(np.asarray(image), source=source)
-        h, w = pixels.shape[:2]
+            if self.needs_image:
+                raise DetgroupError(f"{source}: this model reads pixels; give an image (only a "
+                                    "model with model.backbone.name none takes image=None)")
+            if image_size is None:
+                arr = check_boxes(boxes, 1 << 30, 1 << 30, source=source)
+                # no frame given: the boxes' own extent (training used the image's size)
+                h = int(np.ceil(arr[:, 3].max())) if len(arr) else 1
+                w = int(np.ceil(arr[:, 2].max())) if len(arr) else 1
+            else:
+                h, w = int(image_size[0]), int(image_size[1])
+        else:
+            if isinstance(image, (str, Path)):
+                pixels = read_image_rgb(image) if self.needs_image or image_size is None else None
+                source = str(image)
+            else:
+                source = f"image {index}"
+                pixels = to_rgb_uint8(np.asarray(image), source=source)
+            if pixels is not None:
+                h, w = pixels.shape[:2]
+                if self.needs_image:
+                    tensor = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0
+            else:
+                h, w = int(image_size[0]), int(image_size[1])  # type: ignore[index]
         arr = (np.zeros((0, 4), dtype=np.float32) if boxes is None
                else check_boxes(boxes, h, w, source=source, clip=self.clip))
-        tensor = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0
         n = len(arr)
-        return {"image": tensor, "boxes": torch.from_numpy(arr),
+        return {"image": tensor, "image_size": (h, w), "boxes": torch.from_numpy(arr),
                 "categories": torch.zeros(n, dtype=torch.long),
-                "groups": torch.zeros(n, dtype=torch.long), "image_id": index}
+                "groups": torch.zeros(n, dtype=torch.long), "image_id": index,
+                "texts": self._texts(texts, n, source),
+                "attributes": self._attributes(attributes, n, source)}
+
+    def _texts(self, texts: Any, n: int, source: str) -> list[str]:
+        if texts is None:
+            if self.uses_text and n:
+                raise DetgroupError(
+                    f"{source}: this model was trained with box texts (model.text); give texts "
+                    "(one string per box, \"\" where a box has none)"
+                )
+            return [""] * n
+        texts = list(texts)
+        if len(texts) != n:
+            raise DetgroupError(f"{source}: {len(texts)} texts for {n} boxes")
+        bad = [i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)]
+        if bad:
+            raise DetgroupError(f"{source}: text of box {bad[0]} is not a string: "
+                                f"{texts[bad[0]]!r}")
+        return ["" if t is None else t for t in texts]
+
+    def _attributes(self, attributes: Any, n: int, source: str) -> np.ndarray:
+        names = self.attribute_names
+        if attributes is None:
+            if names and n:
+                raise DetgroupError(f"{source}: this model reads box attributes {names}; give "
+                                    f"attributes [N, {len(names)}]")
+            return np.zeros((n, len(names)), dtype=np.float32)
+        try:
+            arr = np.asarray(attributes, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise DetgroupError(f"{source}: attributes must be numbers in an [N, A] array") \
+                from None
+        if n == 0 and arr.size == 0:
+            return np.zeros((0, len(names)), dtype=np.float32)
+        if arr.ndim != 2 or arr.shape != (n, len(names)):
+            raise DetgroupError(f"{source}: attributes must have shape [{n}, {len(names)}] "
+                                f"({names}), got {list(arr.shape)}")
+        bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
+        if bad.size:
+            raise DetgroupError(f"{source}: attributes of box {bad[0]} are not finite "
+                                f"{arr[bad[0]].tolist()}")
+        return arr
 
     @torch.no_grad()
-    def predict(self, image: str | Path | np.ndarray, boxes: Any = None) -> GroupResult:
+    def predict(self, image: str | Path | np.ndarray | None, boxes: Any = None, texts: Any = None,
+                attributes: Any = None, *, image_size: tuple[int, int] | None = None
+                ) -> GroupResult:
         """Group ``boxes`` [N, 4] (xyxy pixels) of ``image`` (a path or HxWx3 uint8 RGB).
 
         ``boxes=None``: the model detects the boxes itself (a checkpoint trained with
         ``model.detector``), classifies and groups them.
+        ``texts``: N strings (``""`` or None for a box without text), required by a model
+        trained with ``model.text`` (a clear error otherwise; pass ``[""] * N`` to run it
+        without text deliberately). ``attributes``: [N, A] numbers in the order of
+        :attr:`attribute_names`, required by a model with ``model.attributes``. ``image`` may
+        be None for a model without a backbone; the boxes are then normalised by
+        ``image_size`` (H, W), the frame the training data declared (default: the boxes'
+        extent).
         """
-        return self.predict_batch([image], None if boxes is None else [boxes])[0]
+        return self.predict_batch([image], None if boxes is None else [boxes],
+                                  texts=None if texts is None else [texts],
+                                  attributes=None if attributes is None else [attributes],
+                                  image_sizes=None if image_size is None else [image_size])[0]
 
     @torch.no_grad()
     def predict_batch(
-        self, images: list[str | Path | np.ndarray], boxes: list[Any] | None = None, *,
-        batch_size: int = 8,
+        self, images: list[str | Path | np.ndarray | None], boxes: list[Any] | None = None, *,
+        batch_size: int = 8, texts: list[Any] | None = None,
+        attributes: list[Any] | None = None,
+        image_sizes: list[tuple[int, int] | None] | None = None,
     ) -> list[GroupResult]:
         """:meth:`predict` for many images, run ``batch_size`` at a time (``boxes=None``: the
         model detects them)."""
@@ -208,9 +298,16 @@ class Grouper:
                                 "model.detector): give the boxes")
         if boxes is not None and len(images) != len(boxes):
             raise DetgroupError(f"got {len(images)} images but {len(boxes)} box arrays")
+        for name, extra in (("texts", texts), ("attributes", attributes),
+                            ("image sizes", image_sizes)):
+            if extra is not None and len(extra) != len(images):
+                raise DetgroupError(f"got {len(images)} images but {len(extra)} {name} lists")
         results: list[GroupResult] = []
         for start in range(0, len(images), batch_size):
-            items = [self._item(images[i], None if boxes is None else boxes[i], i)
+            items = [self._item(images[i], None if boxes is None else boxes[i], i,
+                                None if texts is None else texts[i],
+                                None if attributes is None else attributes[i],
+                                None if image_sizes is None else image_sizes[i])
                      for i in range(start, min(start + batch_size, len(images)))]
             batch = collate_groups(items)
             dev = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -224,7 +321,7 @@ class Grouper:
                     result.scores = result.scores * result.detection_scores
                     results.append(result)
                 continue
-            out = self.model(dev["images"], dev["boxes"], dev["pad_mask"], dev["image_sizes"])
+            out = self.model(**model_inputs(dev))
             for pred in self.postprocess(out, dev["boxes"], batch["image_ids"]):
                 results.append(GroupResult.from_prediction(pred, self.category_names))
         return results

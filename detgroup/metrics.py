@@ -20,7 +20,15 @@ Metrics per image (`image_metrics`):
   member sets have IoU > 0.5 (the matching is then unique), or, for the ``exact_`` metrics,
   IoU = 1.0 → group precision (TP / predicted groups), recall (TP / true groups) and F1;
   Group PQ = Σ IoU(matched at > 0.5) / (TP + ½ FP + ½ FN); and the absolute error in the
-  number of groups.
+  number of groups;
+* category-agnostic exact groups (``agnostic_exact_group_*``): a predicted group matches a
+  true group with exactly the same members, whatever the categories of either;
+* entity labelling in the LayoutLM / FUNSD protocol (``entity_*``): the groups of the
+  *scored* categories (all but ``unscored_categories``, e.g. FUNSD's "other") are the
+  entities; a predicted entity is correct only when a true entity has exactly its members and
+  its category. Precision = correct / predicted entities, recall = correct / true entities.
+  Boxes of unscored categories count nowhere, except that a true entity predicted as an
+  unscored category (or merged with one) is missed.
 
 On detected boxes (`detection_image_metrics`, `DetectionGroupingEvaluator`): detections are
 matched one-to-one to truth boxes at box IoU >= 0.5 in order of score (`match_detections`, as
@@ -226,6 +234,7 @@ def _image_metrics(
     gt_groups: np.ndarray,
     pred_categories: np.ndarray,
     pred_groups: np.ndarray,
+    unscored_categories: Sequence[int] = (),
 ) -> dict[str, float | int]:
     n = gt_categories.size
     gt_ids, gt_cluster_cats = _clusters(gt_categories, gt_groups)
@@ -252,6 +261,13 @@ def _image_metrics(
     group_tp, exact_tp, iou_sum = _group_matches(
         cell_gt, cell_pred, inter, gt_sizes, pred_sizes, gt_cluster_cats, pred_cluster_cats
     )
+    union = gt_sizes[cell_gt] + pred_sizes[cell_pred] - inter
+    same_category = gt_cluster_cats[cell_gt] == pred_cluster_cats[cell_pred]
+    agnostic_exact_tp = int((inter == union).sum())
+    unscored = np.asarray(list(unscored_categories), dtype=np.int64)
+    gt_scored = ~np.isin(gt_cluster_cats, unscored)  # [K_gt]
+    pred_scored = ~np.isin(pred_cluster_cats, unscored)  # [K_pred]
+    entity_tp = int((same_category & (inter == union) & gt_scored[cell_gt]).sum())
 
     metrics: dict[str, float | int] = {
         "num_boxes": n,
@@ -274,9 +290,29 @@ def _image_metrics(
         "group_tp": group_tp,
         "exact_group_tp": exact_tp,
         "group_iou_sum": iou_sum,
+        "agnostic_exact_group_tp": agnostic_exact_tp,
+        "entity_tp": entity_tp,
+        "entity_pred": int(pred_scored.sum()),
+        "entity_true": int(gt_scored.sum()),
     }
     metrics.update(_group_rates(group_tp, exact_tp, iou_sum, num_gt, num_pred))
+    metrics.update(_extra_rates(agnostic_exact_tp, num_gt, num_pred, entity_tp,
+                                int(gt_scored.sum()), int(pred_scored.sum())))
     return metrics
+
+
+def _extra_rates(agnostic_tp: int, num_gt: int, num_pred: int, entity_tp: int,
+                 entity_true: int, entity_pred: int) -> dict[str, float]:
+    """Category-agnostic exact-group and LayoutLM-protocol entity precision/recall/F1."""
+    rates: dict[str, float] = {}
+    for prefix, hits, true, pred in (("agnostic_exact_group", agnostic_tp, num_gt, num_pred),
+                                     ("entity", entity_tp, entity_true, entity_pred)):
+        precision = _rate(hits, pred, true)
+        recall = _rate(hits, true, pred)
+        rates[f"{prefix}_precision"] = precision
+        rates[f"{prefix}_recall"] = recall
+        rates[f"{prefix}_f1"] = _f1(precision, recall)
+    return rates
 
 
 def _group_rates(
@@ -377,6 +413,8 @@ def image_metrics(
     gt_groups: Labels,
     pred_categories: Labels,
     pred_groups: Labels,
+    *,
+    unscored_categories: Sequence[int] = (),
 ) -> dict[str, float | int]:
     """Category, partition and group-detection metrics of one image.
 
@@ -394,13 +432,18 @@ def image_metrics(
         ``num_boxes``, ``pair_tp``, ``pair_pred``, ``pair_true`` (same-group pairs in both,
         predicted, true), ``num_gt_groups``, ``num_pred_groups``, ``num_groups_error``
         (absolute difference), ``group_tp``, ``exact_group_tp``, ``group_iou_sum`` (Σ IoU of
-        the matched groups). Conventions for degenerate cases are in the module docstring.
+        the matched groups); ``agnostic_exact_group_precision/recall/f1`` (members only) and
+        ``entity_precision/recall/f1`` (the LayoutLM protocol, groups of the categories not in
+        ``unscored_categories``) with their counts ``agnostic_exact_group_tp``,
+        ``entity_tp``, ``entity_pred``, ``entity_true``. Conventions for degenerate cases are
+        in the module docstring.
 
     Raises:
         DetgroupError: an input is not a 1-D integer array, the lengths differ, or a category
             is negative.
     """
-    return _image_metrics(*_check_inputs(gt_categories, gt_groups, pred_categories, pred_groups))
+    return _image_metrics(*_check_inputs(gt_categories, gt_groups, pred_categories, pred_groups),
+                          unscored_categories)
 
 
 class GroupingEvaluator:
@@ -408,12 +451,15 @@ class GroupingEvaluator:
 
     Args:
         num_classes: C, the number of categories; category indices are in ``[0, C)``.
+        unscored_categories: category indices left out of the ``entity_*`` metrics (the
+            LayoutLM / FUNSD protocol does not score "other"); default: none.
     """
 
-    def __init__(self, *, num_classes: int) -> None:
+    def __init__(self, *, num_classes: int, unscored_categories: Sequence[int] = ()) -> None:
         if num_classes < 1:
             raise DetgroupError(f"metrics: num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
+        self.unscored_categories = [int(c) for c in unscored_categories]
         self.per_image: list[dict[str, float | int]] = []
         self._confusion = np.zeros((num_classes, num_classes), dtype=np.int64)  # [C, C]
 
@@ -449,9 +495,9 @@ class GroupingEvaluator:
                 f"metrics: gt_known has {known.size} entries but gt_categories has {gt_cats.size}"
             )
         if known is None or known.all():
-            metrics = _image_metrics(*arrays)
+            metrics = _image_metrics(*arrays, self.unscored_categories)
         else:
-            metrics = _image_metrics(*(a[known] for a in arrays))
+            metrics = _image_metrics(*(a[known] for a in arrays), self.unscored_categories)
             metrics["num_boxes"] = int(gt_cats.size)
             metrics["cat_acc"], metrics["cat_macro_f1"] = _category_rates(gt_cats, pred_cats)
         self._confusion += category_confusion(gt_cats, pred_cats, self.num_classes)
@@ -471,7 +517,8 @@ class GroupingEvaluator:
             ``hungarian_acc``, ``num_groups_mae`` (means over non-empty images);
             ``pair_precision``, ``pair_recall``, ``pair_f1``, ``group_precision``,
             ``group_recall``, ``group_f1``, ``exact_group_precision``, ``exact_group_recall``,
-            ``exact_group_f1``, ``group_pq`` (from counts pooled over images);
+            ``exact_group_f1``, ``group_pq``, ``agnostic_exact_group_precision/recall/f1``,
+            ``entity_precision/recall/f1`` (from counts pooled over images);
             ``num_images`` (empty ones included), ``num_boxes`` and ``num_grouped_boxes`` (the
             boxes of known group, which the grouping metrics saw).
         """
@@ -506,6 +553,16 @@ class GroupingEvaluator:
                 total("group_iou_sum"),
                 int(total("num_gt_groups")),
                 int(total("num_pred_groups")),
+            )
+        )
+        summary.update(
+            _extra_rates(
+                int(total("agnostic_exact_group_tp")),
+                int(total("num_gt_groups")),
+                int(total("num_pred_groups")),
+                int(total("entity_tp")),
+                int(total("entity_true")),
+                int(total("entity_pred")),
             )
         )
         return summary

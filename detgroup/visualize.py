@@ -644,7 +644,8 @@ def draw_groups(image: np.ndarray, boxes: np.ndarray, categories: np.ndarray, gr
                 group_scores: dict[tuple[int, int], float] | None = None,
                 affinity: np.ndarray | None = None, title: str | None = None,
                 min_side: int = 512, numbers: dict[tuple[int, int], int] | None = None,
-                wrong: np.ndarray | None = None, legend: bool = True) -> np.ndarray:
+                wrong: np.ndarray | None = None, legend: bool = True,
+                texts: list[str] | None = None) -> np.ndarray:
     """Draw grouped boxes on a copy of ``image`` with a legend and, optionally, a heat map.
 
     Args:
@@ -664,6 +665,8 @@ def draw_groups(image: np.ndarray, boxes: np.ndarray, categories: np.ndarray, gr
         wrong: int [N] bits `WRONG_GROUP` | `WRONG_CATEGORY` per box; boxes with any get a
             badge ``G`` / ``C`` / ``GC``.
         legend: add the legend panel.
+        texts: N strings (a box's OCR text), written small inside each box (characters
+            outside ASCII as '?'); None: none.
 
     Returns:
         A new uint8 [H', W', 3] RGB canvas: the (upscaled) image with group hulls, boxes and
@@ -682,6 +685,10 @@ def draw_groups(image: np.ndarray, boxes: np.ndarray, categories: np.ndarray, gr
     canvas, boxes, sizes = _zoom(image, boxes, min_side)
     grouped = _collect_groups(boxes, categories, groups, category_names, group_scores, numbers)
     _draw_overlay(canvas, boxes, grouped, sizes, wrong)
+    if texts is not None:
+        if len(texts) != len(boxes):
+            raise DetgroupError(f"draw_groups: {len(texts)} texts for {len(boxes)} boxes")
+        _draw_box_texts(canvas, boxes, texts)
     panels = [canvas]
     if legend:
         panels.append(_legend(grouped, len(boxes), canvas.shape[0], sizes,
@@ -904,6 +911,19 @@ def draw_heat_map(affinity: np.ndarray, boxes: np.ndarray, categories: np.ndarra
         raise DetgroupError("draw_heat_map needs at least one box")
     title = "p(same group): rows by true group" if comparison else "affinity p(same group)"
     return _heat_map(affinity, grouped, height, sizes, inner=inner, title=title)
+
+
+def _draw_box_texts(canvas: np.ndarray, boxes: np.ndarray, texts: list[str]) -> None:
+    """Each box's text at its top-left corner, scaled to the box height, on a light halo."""
+    for box, text in zip(boxes, texts, strict=True):
+        label = (text or "").encode("ascii", "replace").decode("ascii")
+        if not label:
+            continue
+        height = max(6.0, float(box[3] - box[1]))
+        scale = max(0.25, min(1.0, 0.7 * height / 22.0))
+        x, y = int(box[0]) + 1, int(box[1]) + 1
+        for colour, thickness in (((255, 255, 255), 3), ((20, 20, 140), 1)):
+            _put_text(canvas, label, x, y, scale, thickness, colour)
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, *,

@@ -153,3 +153,22 @@ def test_paired_bootstrap_runs_on_a_checkpoint(tiny_checkpoint: Path, tiny_data:
     for row in ("| model |", "| rule |", "| model, agnostic |", "| rule, model's categories | "):
         assert row in out
     assert out.count("] |") == 2  # two bootstrap intervals
+
+
+def test_seed_summary_mean_and_sd(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import seed_summary
+
+    keys = [k for k, _ in seed_summary.COLUMNS]
+    runs = []
+    for seed, value in enumerate((0.6, 0.8)):
+        run = tmp_path / f"s{seed}"
+        run.mkdir()
+        summary = {k: value for k in keys} | {"model_seconds": 0.1, "decode_seconds": 0.1}
+        (run / "eval.json").write_text("progress line\n" + json.dumps(summary))
+        (run / "log.csv").write_text("epoch,epoch_seconds\n1,60\n2,60\n")
+        runs.append(f"{run / 'eval.json'}:{run}")
+    assert seed_summary.main(["--name", "m", *runs]) == 0
+    row = capsys.readouterr().out.strip()
+    # mean 0.7, sample sd 0.141; 2 minutes of epochs; 200 ms per form
+    assert row == "| m (2) | " + " | ".join(["0.700 ± 0.141"] * len(keys)) + \
+        " | 2.0 ± 0.0 | 200.0 ± 0.0 |"

@@ -242,3 +242,79 @@ def test_exports_load_in_a_fresh_process_after_import_torchvision(
     bare = subprocess.run([sys.executable, "-c", run.format(extra=""), str(out)],
                           capture_output=True, text=True, timeout=300, env=env)
     assert bare.returncode != 0 and "roi_align" in bare.stderr
+
+
+_WORDS = ["Date:", "", "TOTAL", "12/05/98", "Lorillard corp.", "é", "No.", "x", "RE:", "answer"]
+
+
+def _item_checkpoint(root: Path, name: str, *extra: str, attributes: bool = False) -> Path:
+    cfg = tiny_config(root, "model.text.enabled=true", "model.text.buckets=97",
+                      "model.text.embed_dim=8", "model.pair_chunk=4", *extra)
+    if attributes:
+        cfg.attribute_names = ["score", "area"]
+    torch.manual_seed(0)
+    path = root / f"{name}.pt"
+    save_checkpoint(path, {"config": config_to_dict(cfg), "model": build_model(cfg).state_dict()})
+    return path
+
+
+@pytest.fixture(scope="module")
+def item_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Text models: pixels + text (sum), and no backbone with text + attributes (concat)."""
+    root = tmp_path_factory.mktemp("export_items")
+    return {
+        "pixels_text": _item_checkpoint(root, "pixels_text"),
+        "layout_text_attrs": _item_checkpoint(
+            root, "layout_text_attrs", "model.backbone.name=none", "model.fusion=concat",
+            "model.attributes.enabled=true", attributes=True),
+    }
+
+
+def _item_inputs(model, n: int, h: int, w: int) -> tuple[torch.Tensor, ...]:
+    """The exported graph's inputs for N boxes with texts (and attributes) in an H x W frame."""
+    from detgroup.ops.text import encode_texts
+
+    torch.manual_seed(n)
+    first = torch.rand(1, 3, h, w) if model.backbone is not None else torch.tensor([h, w])
+    encoded = encode_texts([_WORDS[(3 * k) % len(_WORDS)] for k in range(n)])
+    inputs = [first, _boxes(n, h, w, seed=n)]
+    inputs += [torch.from_numpy(encoded[k]) for k in ("text_hashes", "text_offsets",
+                                                      "text_shape")]
+    if model.uses_attributes:
+        inputs.append(torch.rand(n, 2))
+    return tuple(inputs)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("name", ["pixels_text", "layout_text_attrs"])
+def test_export_with_texts_matches_eager(item_checkpoints: dict[str, Path], tmp_path: Path,
+                                         fmt: str, name: str) -> None:
+    from detgroup.export import input_names
+
+    if fmt == "onnx":
+        pytest.importorskip("onnx", reason="ONNX export needs the 'export' extra (onnx)")
+        ort = pytest.importorskip("onnxruntime", reason="checking ONNX needs the 'export' extra")
+    checkpoint = item_checkpoints[name]
+    out = export_model(checkpoint, fmt, tmp_path / f"model.{fmt}")
+    model, _ = load_model_from_checkpoint(checkpoint)
+    names = input_names(model)
+    assert names[1:5] == ["boxes", "text_hashes", "text_offsets", "text_shape"]
+    for n, h, w in CASES:
+        inputs = _item_inputs(model, n, h, w)
+        with torch.no_grad():
+            expected = [t.numpy() for t in SingleImageNetwork(model)(*inputs)]
+        if fmt == "torchscript":
+            with torch.no_grad():
+                got = [t.numpy() for t in torch.jit.load(str(out))(*inputs)]
+        else:
+            session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+            got = session.run(None, {k: v.numpy() for k, v in zip(names, inputs, strict=True)})
+        assert [g.shape for g in got] == [(n, 2), (n, n)]
+        for g, e in zip(got, expected, strict=True):
+            assert np.abs(g - e).max() <= 1e-4, (name, n, h, w)
+    # the texts matter: other texts, other logits
+    inputs = list(_item_inputs(model, 5, 64, 64))
+    with torch.no_grad():
+        base = SingleImageNetwork(model)(*inputs)[0]
+        inputs[2] = inputs[2] + 1
+        assert not torch.allclose(base, SingleImageNetwork(model)(*inputs)[0])

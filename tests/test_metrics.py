@@ -660,3 +660,44 @@ def test_boxes_of_unknown_group_count_for_categories_only():
     assert ev.summary()["ari"] == 1.0
     with pytest.raises(DetgroupError, match="gt_known has 1 entries"):
         ev.update([0, 0], [0, 1], [0, 0], [0, 0], [True])
+
+
+# question, answer, header, other: the FUNSD categories; "other" (3) is not scored
+_Q, _A, _H, _O = 0, 1, 2, 3
+
+
+def test_entity_f1_layoutlm_protocol_hand_computed() -> None:
+    # true: {0, 1} question, {2, 3} answer, {4} other, {5} header
+    gt_cat, gt_grp = [_Q, _Q, _A, _A, _O, _H], [0, 0, 0, 0, 0, 0]
+    # predicted: {0, 1} question (right), {2} and {3} answers (a split: both wrong), {4} other
+    # (not scored), {5} question (right words, wrong label)
+    pred_cat, pred_grp = [_Q, _Q, _A, _A, _O, _Q], [0, 0, 0, 1, 0, 1]
+    m = image_metrics(gt_cat, gt_grp, pred_cat, pred_grp, unscored_categories=[_O])
+    assert (m["entity_tp"], m["entity_pred"], m["entity_true"]) == (1, 4, 3)
+    assert m["entity_precision"] == pytest.approx(1 / 4)
+    assert m["entity_recall"] == pytest.approx(1 / 3)
+    assert m["entity_f1"] == pytest.approx(2 / 7)
+    # categories ignored: {0, 1}, {4} and {5} are exact; 5 predicted groups, 4 true ones
+    assert m["agnostic_exact_group_tp"] == 3
+    assert m["agnostic_exact_group_f1"] == pytest.approx(2 / 3)
+    # with every category scored the entity metrics are the exact-group ones
+    every = image_metrics(gt_cat, gt_grp, pred_cat, pred_grp)
+    assert every["entity_f1"] == pytest.approx(every["exact_group_f1"])
+    assert every["entity_f1"] == pytest.approx(2 * (2 / 5) * (2 / 4) / (2 / 5 + 2 / 4))
+
+
+def test_entity_f1_pooled_and_other_predicted_as_entity() -> None:
+    evaluator = GroupingEvaluator(num_classes=4, unscored_categories=[_O])
+    evaluator.update([_Q, _Q, _A, _A, _O, _H], [0] * 6, [_Q, _Q, _A, _A, _O, _Q],
+                     [0, 0, 0, 1, 0, 1])
+    # two "other" words read as one answer: a predicted entity with no true one
+    evaluator.update([_O, _O], [0, 0], [_A, _A], [0, 0])
+    # a true question predicted as "other": missed, and nothing predicted
+    evaluator.update([_Q], [0], [_O], [0])
+    s = evaluator.summary()
+    assert s["entity_precision"] == pytest.approx(1 / 5)
+    assert s["entity_recall"] == pytest.approx(1 / 4)
+    assert s["entity_f1"] == pytest.approx(2 * (1 / 5) * (1 / 4) / (1 / 5 + 1 / 4))
+    # categories ignored, images 2 and 3 are exact: 3 + 1 + 1 of 7 predicted and 6 true groups
+    assert s["agnostic_exact_group_precision"] == pytest.approx(5 / 7)
+    assert s["agnostic_exact_group_recall"] == pytest.approx(5 / 6)

@@ -35,7 +35,7 @@ def _one(n: int, checkpoint: str | None, threads: int, path: str, size: int) -> 
     import torch
 
     from detgroup.config import config_to_dict, load_config
-    from detgroup.data.dataset import collate_groups
+    from detgroup.data.dataset import collate_groups, model_inputs
     from detgroup.engine.checkpoint import save_checkpoint
     from detgroup.inference import Grouper
     from detgroup.model.detector import build_model
@@ -59,13 +59,12 @@ def _one(n: int, checkpoint: str | None, threads: int, path: str, size: int) -> 
     boxes = np.concatenate([xy, xy + rng.uniform(8, 40, (n, 2))], axis=1)
     load_before = _load()
     batch = collate_groups([grouper._item(image, boxes, 0)])
-    args = (batch["images"], batch["boxes"], batch["pad_mask"], batch["image_sizes"])
     with torch.no_grad():
         start = time.perf_counter()
         grouper.model.features(batch["images"], batch["image_sizes"])
         backbone = time.perf_counter() - start
         start = time.perf_counter()
-        out = grouper.model(*args)
+        out = grouper.model(**model_inputs(batch))
         forward = time.perf_counter() - start
     start = time.perf_counter()
     result = grouper.postprocess(out, batch["boxes"], batch["image_ids"])[0]

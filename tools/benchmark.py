@@ -86,7 +86,7 @@ from detgroup.baselines import (
 )
 from detgroup.config import Config, config_to_dict, load_config
 from detgroup.data.coco_groups import load_coco_groups
-from detgroup.data.dataset import GroupDataset, collate_groups
+from detgroup.data.dataset import GroupDataset, collate_groups, model_inputs
 from detgroup.data.synth import SynthConfig, generate_synthetic
 from detgroup.engine.checkpoint import (
     checkpoint_config,
@@ -537,7 +537,7 @@ def per_box_outputs(ckpt: Path, loader: DataLoader,
     for batch in loader:
         batch = move_batch(batch, device)
         start = time.perf_counter()
-        out = model(batch["images"], batch["boxes"], batch["pad_mask"], batch["image_sizes"])
+        out = model(**model_inputs(batch))
         seconds += time.perf_counter() - start
         for b in range(len(batch["image_ids"])):
             real = ~batch["pad_mask"][b]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from detgroup.data.dataset import GroupDataset, collate_groups
+from detgroup.data.dataset import GroupDataset, collate_groups, model_inputs
 from detgroup.data.images import read_image_rgb
 from detgroup.engine.checkpoint import load_model_from_checkpoint
 from detgroup.engine.evaluate import PostProcess, move_batch
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with torch.no_grad():
         for batch in loader:
             batch = move_batch(batch, torch.device("cpu"))
-            out = model(batch["images"], batch["boxes"], batch["pad_mask"], batch["image_sizes"])
+            out = model(**model_inputs(batch))
             for b, pred in enumerate(post(out, batch["boxes"], batch["image_ids"])):
                 real = ~batch["pad_mask"][b]
                 gt_cat = batch["categories"][b][real].numpy()

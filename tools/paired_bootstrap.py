@@ -8,7 +8,9 @@ the benchmark's per-box ablation) and, as a second baseline, of the model's own 
 Then resamples the images with replacement (paired: both methods on the same draw) and prints
 the 95 % interval of the difference in pooled exact-group F1 and the share of draws where the
 model is not ahead. Also prints the model's category-agnostic exact-group F1 (every category
-set to one) next to the rule's.
+set to one) next to the rule's, and, for the model and both rule variants, the summary
+metrics of :class:`detgroup.metrics.GroupingEvaluator` (with ``--unscored-categories``, e.g.
+``other``, left out of the LayoutLM-protocol entity F1).
 
     python tools/paired_bootstrap.py --checkpoint runs/benchmark6/funsd/models/full/last.pt \\
         --rule-categories runs/benchmark6/funsd/models/no_relation/last.pt \\
@@ -33,7 +35,10 @@ from detgroup.baselines import LineLinker  # noqa: E402
 from detgroup.data.dataset import GroupDataset, collate_groups  # noqa: E402
 from detgroup.engine.checkpoint import checkpoint_config, load_checkpoint  # noqa: E402
 from detgroup.engine.evaluate import PostProcess  # noqa: E402
-from detgroup.metrics import image_metrics  # noqa: E402
+from detgroup.metrics import GroupingEvaluator, image_metrics  # noqa: E402
+
+SUMMARY_KEYS = ("cat_acc", "cat_macro_f1", "ari", "exact_group_f1", "agnostic_exact_group_f1",
+                "entity_f1", "group_pq")
 
 
 def exact_counts(gt_categories: np.ndarray, gt_groups: np.ndarray, pred_categories: np.ndarray,
@@ -78,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--draws", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--unscored-categories", nargs="*", default=[], metavar="NAME",
+                    help="categories left out of the entity F1 (LayoutLM / FUNSD: other)")
     args = ap.parse_args(argv)
     if args.draws < 1:
         ap.error("--draws must be >= 1")
@@ -92,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     if not model:
         raise SystemExit(f"{args.ann}: no images")
     rule = LineLinker(max_gap=args.rule_gap, min_overlap=args.rule_overlap)
+    config = checkpoint_config(load_checkpoint(args.checkpoint), args.checkpoint)
+    unscored = [config.category_names.index(n) for n in args.unscored_categories]
+    evaluators = {name: GroupingEvaluator(num_classes=len(config.category_names),
+                                          unscored_categories=unscored)
+                  for name in ("model", "rule", "rule, model's categories")}
     rows: dict[str, list[tuple[int, int, int]]] = {
         "model": [], "rule": [], "rule, model's categories": [], "model, agnostic": [],
         "rule, agnostic": []}
@@ -101,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         rows["model"].append(exact_counts(im.categories, im.groups, part.categories,
                                           part.groups))
         groups = rule(im.boxes)  # [N]
+        evaluators["model"].update(im.categories, im.groups, part.categories, part.groups)
+        evaluators["rule"].update(im.categories, im.groups, vote_categories(cl.logits, groups),
+                                  groups)
+        evaluators["rule, model's categories"].update(
+            im.categories, im.groups, vote_categories(im.logits, groups), groups)
         rows["rule"].append(exact_counts(im.categories, im.groups,
                                          vote_categories(cl.logits, groups), groups))
         rows["rule, model's categories"].append(exact_counts(
@@ -122,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         r = paired_bootstrap(counts["model"], counts[base], args.draws, args.seed)
         print(f"| {base} | {r['difference']:+.3f} | [{r['low']:+.3f}, {r['high']:+.3f}] "
               f"| {r['share_not_ahead']:.3f} |")
+    print(f"\n| method | {' | '.join(SUMMARY_KEYS)} |\n|---{'|---' * len(SUMMARY_KEYS)}|")
+    for name, evaluator in evaluators.items():
+        summary = evaluator.summary()
+        print(f"| {name} | {' | '.join(f'{summary[k]:.3f}' for k in SUMMARY_KEYS)} |")
     return 0
 
 

@@ -60,6 +60,8 @@ class CocoGroups:
     images: list[dict[str, Any]]
     categories: list[dict[str, Any]]
     anns_by_image: dict[int, list[dict[str, Any]]] = field(repr=False)
+    # the top-level attribute_names: what each annotation's attributes vector holds
+    attribute_names: list[str] = field(default_factory=list)
 
     @property
     def category_names(self) -> list[str]:
@@ -87,7 +89,9 @@ class CocoGroups:
         indices into ``category_names``, ``groups`` int64 [N] dense group indices 0..G-1 (in order
         of first appearance; an annotation without ``group_id``, or with ``group_id`` -1, gets a
         group of its own), ``group_known`` bool [N] (False for ``group_id`` -1: the box's pairs
-        are not labelled) and ``ann_ids`` int64 [N].
+        are not labelled), ``ann_ids`` int64 [N], ``texts`` (a list of N strings, ``""`` where an
+        annotation has no ``text``) and ``attributes`` float32 [N, A] (A =
+        ``len(attribute_names)``).
         """
         anns = self.anns_by_image.get(image_id, [])
         cat_index = {cid: k for k, cid in enumerate(self.category_ids)}
@@ -105,8 +109,11 @@ class CocoGroups:
             groups[i] = dense.setdefault(key, len(dense))
         ann_ids = np.array([a["id"] for a in anns], dtype=np.int64)
         known = np.array([a.get("group_id") != GROUP_UNKNOWN for a in anns], dtype=bool)
+        attributes = np.array([a.get("attributes", []) for a in anns], dtype=np.float32)
         return {"boxes": boxes, "categories": categories, "groups": groups,
-                "group_known": known, "ann_ids": ann_ids}
+                "group_known": known, "ann_ids": ann_ids,
+                "texts": [a.get("text", "") for a in anns],
+                "attributes": attributes.reshape(len(anns), len(self.attribute_names))}
 
 
 def _check_bbox(
@@ -154,6 +161,43 @@ def _check_bbox(
         )
 
 
+def _check_item_fields(
+    ann: dict[str, Any],
+    attribute_names: list[str] | None,
+    declared_ok: bool,
+    *,
+    where: str,
+    problems: list[str],
+) -> None:
+    """The optional ``text`` (a string) and ``attributes`` (finite numbers, as many as the
+    top-level ``attribute_names``, which every annotation then carries) of one annotation."""
+    if "text" in ann and not isinstance(ann["text"], str):
+        problems.append(f"{where}: 'text' must be a string, got {type(ann['text']).__name__} "
+                        f"{ann['text']!r}")
+    if not declared_ok:
+        return
+    if "attributes" not in ann:
+        if attribute_names is not None:
+            problems.append(f"{where}: missing 'attributes' (the file declares attribute_names "
+                            f"{attribute_names})")
+        return
+    values = ann["attributes"]
+    if attribute_names is None:
+        problems.append(f"{where}: has 'attributes' but the file declares no top-level "
+                        "'attribute_names'")
+        return
+    if not isinstance(values, list) or not all(_is_number(v) for v in values):
+        problems.append(f"{where}: 'attributes' must be a list of numbers, got {values!r}")
+        return
+    if len(values) != len(attribute_names):
+        problems.append(f"{where}: 'attributes' has {len(values)} values but attribute_names "
+                        f"declares {len(attribute_names)} {attribute_names}")
+        return
+    bad = [attribute_names[i] for i, v in enumerate(values) if not math.isfinite(v)]
+    if bad:
+        problems.append(f"{where}: 'attributes' has a non-finite value for {bad} ({values!r})")
+
+
 def validate_coco_groups(
     data: Any,
     *,
@@ -178,6 +222,19 @@ def validate_coco_groups(
             problems.append(f"{path}: '{key}' must be a list, got {type(data[key]).__name__}")
     if problems:
         return problems
+
+    attribute_names = data.get("attribute_names")
+    if attribute_names is not None and (
+        not isinstance(attribute_names, list)
+        or not all(isinstance(n, str) and n for n in attribute_names)
+        or len(set(attribute_names)) != len(attribute_names)
+    ):
+        problems.append(f"{path}: 'attribute_names' must be a list of distinct non-empty "
+                        f"strings, got {attribute_names!r}")
+        attribute_names = None
+        declared_ok = False
+    else:
+        declared_ok = True
 
     images: dict[Any, dict[str, Any]] = {}
     for k, image in enumerate(data["images"]):
@@ -262,6 +319,7 @@ def validate_coco_groups(
                 group_members[(image_id, ann["group_id"])].append(ann)
         if "iscrowd" in ann and ann["iscrowd"] not in (0, 1):
             problems.append(f"{where}: 'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}")
+        _check_item_fields(ann, attribute_names, declared_ok, where=where, problems=problems)
 
     for (image_id, group_id), members in group_members.items():
         cats = sorted({m.get("category_id") for m in members}, key=repr)
@@ -346,7 +404,8 @@ def from_dict(data: dict[str, Any], *, path: str | Path = "<memory>") -> CocoGro
         anns_by_image[ann["image_id"]].append(ann)
     for anns in anns_by_image.values():
         anns.sort(key=lambda a: a["id"])
-    return CocoGroups(Path(path), images, categories, dict(anns_by_image))
+    return CocoGroups(Path(path), images, categories, dict(anns_by_image),
+                      list(data.get("attribute_names") or []))
 
 
 def write_coco_groups(path: str | Path, data: dict[str, Any]) -> None:

@@ -111,6 +111,10 @@ class SynthConfig:
     max_overlap: float = 0.3
     seed: int = 0
     tiles: int = 1
+    # > 0: every box gets a "text", its category's name with each letter replaced by a random
+    # one with this probability (a noisy OCR word tied to the category; drawn from a separate
+    # generator, so the scenes stay the same); 0: no texts
+    text_noise: float = 0.0
 
 
 def check_config(cfg: SynthConfig) -> None:
@@ -128,7 +132,7 @@ def check_config(cfg: SynthConfig) -> None:
     if not 2 <= cfg.min_members <= cfg.max_members:
         problems.append(f"need 2 <= min_members <= max_members, got {cfg.min_members}, "
                         f"{cfg.max_members}")
-    for name in ("lone_prob", "ambiguous_fraction", "box_jitter", "max_overlap"):
+    for name in ("lone_prob", "ambiguous_fraction", "box_jitter", "max_overlap", "text_noise"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             problems.append(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
     if cfg.clutter < 0:
@@ -599,6 +603,16 @@ def _encode_png(image: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def noisy_word(word: str, noise: float, rng: np.random.Generator) -> str:
+    """``word`` with each character replaced by a random lower-case letter with probability
+    ``noise``, in random case (capitalised or upper with probability 1/4 each)."""
+    letters = [chr(ord("a") + int(rng.integers(26))) if rng.random() < noise else c
+               for c in word]
+    text = "".join(letters)
+    case = rng.random()
+    return text.capitalize() if case < 0.25 else text.upper() if case < 0.5 else text
+
+
 def generate_synthetic(out_dir: str | Path, cfg: SynthConfig, *,
                        progress: bool = False) -> dict[str, Path]:
     """Write the train and val splits under ``out_dir``.
@@ -622,6 +636,7 @@ def generate_synthetic(out_dir: str | Path, cfg: SynthConfig, *,
             atomic_write_bytes(image_dir / name, _encode_png(image))
             images.append({"id": i + 1, "file_name": name, "width": image.shape[1],
                            "height": image.shape[0]})
+            text_rng = np.random.default_rng([cfg.seed, split_index, i, 1])
             for ann in anns:
                 x, y, w, h = ann["bbox"]
                 annotations.append({
@@ -630,6 +645,9 @@ def generate_synthetic(out_dir: str | Path, cfg: SynthConfig, *,
                     "area": round(w * h, 2), "iscrowd": 0, "group_id": ann["group"] + 1,
                     "ambiguous": ann["ambiguous"],
                 })
+                if cfg.text_noise > 0:
+                    annotations[-1]["text"] = noisy_word(cfg.categories[ann["category"]],
+                                                         cfg.text_noise, text_rng)
         data = {
             "info": {"description": f"detgroup synthetic pets in groups, {split} split",
                      "synth_config": asdict(cfg)},

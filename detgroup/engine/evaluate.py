@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from detgroup.data.coco_groups import CocoGroups, load_coco_groups, read_json
+from detgroup.data.dataset import model_inputs
 from detgroup.decoder import Partition, decode_on_neighbors, decode_sparse
 from detgroup.errors import DetgroupError
 from detgroup.metrics import DetectionGroupingEvaluator, GroupingEvaluator, coco_box_ap
@@ -41,6 +42,14 @@ class ImagePrediction:
     scores: np.ndarray
     group_scores: dict[tuple[int, int], float]
     affinity: np.ndarray | sp.csr_matrix
+
+
+def unscored_indices(names: list[str], unscored: list[str], *, source: str) -> list[int]:
+    """Class indices of the category names in ``unscored``; an unknown name is an error."""
+    unknown = [u for u in unscored if u not in names]
+    if unknown:
+        raise DetgroupError(f"{source}: unscored categories {unknown} are not among {names}")
+    return [names.index(u) for u in unscored]
 
 
 class PostProcess:
@@ -180,6 +189,7 @@ def evaluate(
     progress: bool = False,
     on_image: Callable[[ImagePrediction, np.ndarray, np.ndarray, dict[str, Any]], None]
     | None = None,
+    unscored_categories: list[int] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Run the model on every batch, decode, and score against the batch's ground truth.
 
@@ -188,16 +198,18 @@ def evaluate(
 
     Returns the summary (see :class:`detgroup.metrics.GroupingEvaluator`, plus
     ``model_seconds`` and ``decode_seconds`` per image) and per-image metric dicts.
+    ``unscored_categories``: class indices left out of the ``entity_*`` metrics.
     """
     was_training = model.training
     model.eval()
-    evaluator = GroupingEvaluator(num_classes=num_classes)
+    evaluator = GroupingEvaluator(num_classes=num_classes,
+                                  unscored_categories=unscored_categories or ())
     per_image: list[dict[str, Any]] = []
     model_time = decode_time = 0.0
     for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
         batch = move_batch(batch, device)
         start = time.perf_counter()
-        outputs = model(batch["images"], batch["boxes"], batch["pad_mask"], batch["image_sizes"])
+        outputs = model(**model_inputs(batch))
         mid = time.perf_counter()
         preds = postprocess(outputs, batch["boxes"], batch["image_ids"])
         decode_time += time.perf_counter() - mid

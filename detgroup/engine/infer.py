@@ -23,6 +23,14 @@ when the boxes come from one that names every category of the model; else 1..C i
 of the checkpoint's ``category_names``. Every file is written atomically; a failing image is
 reported and skipped; images already done (same file name and image id) are skipped on a
 re-run unless ``resume=False``.
+
+Boxes may carry their text and attributes (what a model with ``model.text`` /
+``model.attributes`` reads): in a COCO file the annotations' ``text`` and ``attributes``; in a
+per-image JSON ``{"boxes": [...], "texts": [...], "attributes": [[...], ...]}`` (one entry per
+box); in a CSV a fifth column, the box's text. A ``texts`` or ``attributes`` list whose length
+differs from the boxes' is an error naming the file, found before anything is written.
+Both travel into ``per_image/<name>.json`` and ``predictions.json`` (``text`` and ``attributes``
+per box, ``attribute_names`` at the top).
 """
 
 from __future__ import annotations
@@ -132,6 +140,8 @@ class BoxSource:
         self.spec = spec
         self.coco: CocoGroups | None = None
         self.mapping: dict[str, Any] | None = None
+        # texts and attributes of the boxes of a COCO file, by image file name
+        self.coco_extras: dict[str, tuple[list[str] | None, np.ndarray | None]] = {}
         if spec.is_dir():
             return
         data = read_json(spec)
@@ -195,6 +205,70 @@ class BoxSource:
                 return read_box_file(file), str(file)
         raise DetgroupError(f"{self.spec}: no {stem}.json or {stem}.csv box file")
 
+    def extras(self, image: InputImage, num_boxes: int) -> tuple[list[str] | None, Any]:
+        """(texts or None, attributes or None) of the boxes of one image; a list whose length
+        is not ``num_boxes`` is a DetgroupError naming its file."""
+        if self.coco is not None:
+            target = self.coco.targets(image.image_id)
+            anns = self.coco.anns_by_image.get(image.image_id, [])
+            return (target["texts"] if any("text" in a for a in anns) else None,
+                    target["attributes"] if self.coco.attribute_names else None)
+        value: Any = None
+        source: Path = self.spec
+        if self.mapping is not None:
+            key = _match_name(image.name, self.mapping)
+            value = None if key is None else self.mapping[key]
+        else:
+            stem = str(PurePosixPath(image.name).with_suffix(""))
+            for suffix in (".json", ".csv"):
+                file = self.spec / f"{stem}{suffix}"
+                if file.is_file():
+                    source = file
+                    value = read_json(file) if suffix == ".json" else _read_csv_texts(file)
+                    break
+        return _box_extras(value, source, num_boxes)
+
+
+def _box_extras(value: Any, source: Path, num_boxes: int) -> tuple[list[str] | None, Any]:
+    """The ``texts`` and ``attributes`` lists of a per-image box record, checked."""
+    if isinstance(value, list) and value and isinstance(value[0], str):
+        value = {"texts": value}  # the texts column of a CSV
+    if not isinstance(value, dict):
+        return None, None
+    texts, attributes = value.get("texts"), value.get("attributes")
+    if texts is not None:
+        if not isinstance(texts, list):
+            raise DetgroupError(f"{source}: 'texts' must be a list of strings")
+        if len(texts) != num_boxes:
+            raise DetgroupError(f"{source}: 'texts' has {len(texts)} entries for {num_boxes} "
+                                "boxes (one string per box)")
+        bad = [i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)]
+        if bad:
+            raise DetgroupError(f"{source}: 'texts' entry {bad[0]} is not a string: "
+                                f"{texts[bad[0]]!r}")
+    if attributes is not None:
+        if not isinstance(attributes, list) or len(attributes) != num_boxes:
+            count = len(attributes) if isinstance(attributes, list) else "no"
+            raise DetgroupError(f"{source}: 'attributes' has {count} entries for {num_boxes} "
+                                "boxes (one list of numbers per box)")
+    return texts, attributes
+
+
+def _read_csv_texts(path: Path) -> list[str] | None:
+    """The ``text`` column of a CSV box file (named in its header), or None if it has none."""
+    import csv
+
+    lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if not lines:
+        return None
+    sep = next((s for s in (",", ";", "\t") if s in lines[0]), ",")
+    rows = list(csv.reader(lines, delimiter=sep))
+    header = [cell.strip().lower() for cell in rows[0]]
+    if "text" not in header:
+        return None
+    col = header.index("text")
+    return [row[col] if len(row) > col else "" for row in rows[1:]]
+
 
 class Detector:
     """A torchvision Faster R-CNN whose weights come from a local file (never downloaded)."""
@@ -236,9 +310,10 @@ class Detector:
         return det["boxes"][keep].cpu().numpy()
 
 
-def _record(image: InputImage, pixels: np.ndarray, result: GroupResult) -> dict[str, Any]:
+def _record(image: InputImage, pixels: np.ndarray, result: GroupResult,
+            texts: list[str] | None = None, attributes: Any = None) -> dict[str, Any]:
     names = result.category_names
-    return {
+    record = {
         "file_name": image.name,
         "image_id": image.image_id,
         "width": int(pixels.shape[1]),
@@ -251,6 +326,12 @@ def _record(image: InputImage, pixels: np.ndarray, result: GroupResult) -> dict[
                                     result.scores, strict=True)
         ],
     }
+    for k, box in enumerate(record["boxes"]):
+        if texts is not None:
+            box["text"] = texts[k] or ""
+        if attributes is not None:
+            box["attributes"] = [float(v) for v in attributes[k]]
+    return record
 
 
 def _done_record(path: Path, image: InputImage) -> dict[str, Any] | None:
@@ -308,6 +389,8 @@ def run_inference(
         source.inputs(images) if source is not None
         else [InputImage(p, n, k) for k, (p, n) in enumerate(list_images(images), start=1)]
     )
+    if source is not None:
+        _check_all_extras(source, [i for i in inputs if isinstance(i, InputImage)])
     det = (Detector(detector, arch=detector_arch, score=detector_score,
                     classes=detector_classes, device=device) if detector is not None else None)
     try:
@@ -348,9 +431,16 @@ def run_inference(
                 raw, where = None, f"{checkpoint} on {image.path}"
             box_arr = (None if self_detect else
                        check_boxes(raw, pixels.shape[0], pixels.shape[1], source=where, clip=clip))
-            result = grouper.predict(pixels, box_arr)
+            texts, attributes = (source.extras(image, len(box_arr))
+                                 if source is not None and box_arr is not None else (None, None))
+            if texts is None and grouper.uses_text and box_arr is not None and len(box_arr):
+                raise DetgroupError(f"{where}: the model reads box texts but the boxes come "
+                                    "without 'texts'")
+            if not grouper.attribute_names:
+                attributes = None  # the model reads none, and predictions.json could not name them
+            result = grouper.predict(pixels, box_arr, texts, attributes)
             seconds += time.perf_counter() - start
-            record = _record(image, pixels, result)
+            record = _record(image, pixels, result, texts, attributes)
             record_path.parent.mkdir(parents=True, exist_ok=True)
             if overlays:
                 canvas = draw_groups(
@@ -367,7 +457,7 @@ def run_inference(
         except DetgroupError as err:
             failures.append(str(err))
             log.error("%s", err)
-    _write_collections(out_dir, records, names, category_ids)
+    _write_collections(out_dir, records, names, category_ids, grouper.attribute_names)
     return {
         "images_total": len(inputs), "images_done": done, "images_skipped": skipped,
         "images_failed": len(failures), "failures": failures,
@@ -378,8 +468,20 @@ def run_inference(
     }
 
 
+def _check_all_extras(source: BoxSource, images: list[InputImage]) -> None:
+    """Check the texts / attributes of every image's boxes before anything is written (an image
+    whose boxes cannot be read is left to the main loop, which reports and skips it)."""
+    for image in images:
+        try:
+            raw, _ = source.boxes(image)
+        except DetgroupError:
+            continue
+        source.extras(image, len(raw))
+
+
 def _write_collections(out_dir: Path, records: list[dict[str, Any]], names: list[str],
-                       category_ids: list[int] | None = None) -> None:
+                       category_ids: list[int] | None = None,
+                       attribute_names: list[str] | None = None) -> None:
     """``results.json`` (COCO results) and ``predictions.json`` (COCO with groups).
 
     ``category_ids[k]`` is the COCO id written for the model's category ``names[k]``
@@ -405,12 +507,19 @@ def _write_collections(out_dir: Path, records: list[dict[str, Any]], names: list
                 "group_score": group_score[box["group"]],
             }
             results.append(entry)
-            anns.append({**entry, "id": len(anns) + 1, "area": entry["bbox"][2] * entry["bbox"][3],
-                         "iscrowd": 0})
+            ann = {**entry, "id": len(anns) + 1, "area": entry["bbox"][2] * entry["bbox"][3],
+                   "iscrowd": 0}
+            for key in ("text", "attributes"):
+                if key in box and (key == "text" or attribute_names):
+                    ann[key] = box[key]
+            anns.append(ann)
     categories = [{"id": i, "name": n} for n, i in zip(names, ids, strict=True)]
     atomic_write_json(out_dir / "results.json", results)
-    atomic_write_json(out_dir / "predictions.json",
-                      {"images": images, "annotations": anns, "categories": categories})
+    predictions: dict[str, Any] = {"images": images, "annotations": anns,
+                                   "categories": categories}
+    if attribute_names and any("attributes" in a for a in anns):
+        predictions["attribute_names"] = list(attribute_names)
+    atomic_write_json(out_dir / "predictions.json", predictions)
 
 
 def per_category_groups(categories: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -426,8 +535,10 @@ def per_category_groups(categories: np.ndarray, groups: np.ndarray) -> np.ndarra
     return out
 
 
-def draw_annotations(data: Path, images_dir: Path, out_dir: Path, *, limit: int = 0) -> int:
-    """Draw a COCO-with-groups file (ground truth or ``predictions.json``) as overlays."""
+def draw_annotations(data: Path, images_dir: Path, out_dir: Path, *, limit: int = 0,
+                     label_text: bool = False) -> int:
+    """Draw a COCO-with-groups file (ground truth or ``predictions.json``) as overlays
+    (``label_text``: each box's ``text`` written in it)."""
     from detgroup.visualize import draw_groups, save_rgb_png
 
     coco = load_coco_groups(data)
@@ -449,7 +560,8 @@ def draw_annotations(data: Path, images_dir: Path, out_dir: Path, *, limit: int 
                 scores[(int(c), int(g))] = float(ann["group_score"])
         canvas = draw_groups(pixels, target["boxes"], target["categories"], groups,
                              coco.category_names, group_scores=scores or None,
-                             title=info["file_name"])
+                             title=info["file_name"],
+                             texts=target["texts"] if label_text else None)
         overlay = out_dir / f"{stem}.png"
         overlay.parent.mkdir(parents=True, exist_ok=True)
         save_rgb_png(overlay, canvas)

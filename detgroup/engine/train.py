@@ -30,9 +30,9 @@ from tqdm import tqdm
 
 from detgroup.atomic import atomic_open, atomic_write_json, remove_stale_temp_files
 from detgroup.config import VAL_METRICS, Config, config_to_dict, config_to_yaml
-from detgroup.data.dataset import GroupDataset, collate_groups
+from detgroup.data.dataset import GroupDataset, collate_groups, model_inputs
 from detgroup.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
-from detgroup.engine.evaluate import PostProcess, evaluate, move_batch
+from detgroup.engine.evaluate import PostProcess, evaluate, move_batch, unscored_indices
 from detgroup.errors import DetgroupError
 from detgroup.losses import build_criterion, calibrated_pair_bias
 from detgroup.model.detector import build_model
@@ -158,9 +158,10 @@ def build_loaders(cfg: Config) -> tuple[GroupDataset, GroupDataset]:
         cfg.data.train_ann, cfg.data.train_images, hflip_prob=cfg.data.hflip_prob,
         scale_jitter=cfg.data.scale_jitter, box_jitter=cfg.data.box_jitter,
         photometric=cfg.data.photometric, box_dropout=cfg.data.box_dropout,
-        seed=cfg.train.seed,
+        seed=cfg.train.seed, load_images=cfg.model.backbone.name != "none",
     )
-    val_set = GroupDataset(cfg.data.val_ann, cfg.data.val_images)
+    val_set = GroupDataset(cfg.data.val_ann, cfg.data.val_images,
+                           load_images=cfg.model.backbone.name != "none")
     for ann, dataset, what in ((cfg.data.train_ann, train_set, "to learn from"),
                                (cfg.data.val_ann, val_set, "to score (every val metric would "
                                 "be undefined)")):
@@ -171,6 +172,21 @@ def build_loaders(cfg: Config) -> tuple[GroupDataset, GroupDataset]:
             f"{cfg.data.val_ann}: categories {val_set.category_names} differ from the training "
             f"set's {train_set.category_names}"
         )
+    if cfg.model.attributes.enabled:
+        names = train_set.coco.attribute_names
+        if not names:
+            raise DetgroupError(f"{cfg.data.train_ann}: model.attributes is on but the file "
+                                "declares no top-level 'attribute_names'")
+        if val_set.coco.attribute_names != names:
+            raise DetgroupError(
+                f"{cfg.data.val_ann}: attribute_names {val_set.coco.attribute_names} differ "
+                f"from the training set's {names}"
+            )
+    if cfg.model.text.enabled and not any(
+        "text" in a for anns in train_set.coco.anns_by_image.values() for a in anns
+    ):
+        raise DetgroupError(f"{cfg.data.train_ann}: model.text is on but no annotation has a "
+                            "'text'")
     return train_set, val_set
 
 
@@ -224,6 +240,13 @@ def train(
             f"{cfg.category_names}"
         )
     cfg.category_names = list(names)
+    if cfg.model.attributes.enabled:
+        if cfg.attribute_names and cfg.attribute_names != train_set.coco.attribute_names:
+            raise DetgroupError(
+                f"{cfg.data.train_ann}: attribute_names {train_set.coco.attribute_names} differ "
+                f"from the config's {cfg.attribute_names}"
+            )
+        cfg.attribute_names = list(train_set.coco.attribute_names)
     if cfg.decoder.calibrate:
         cfg.decoder.pair_bias = calibrated_pair_bias(cfg, train_set.coco)
         log.info("decoder.pair_bias = %.3f (calibrated on %s, pair loss %s)",
@@ -275,6 +298,8 @@ def train(
         ids = [device.index] if device.type == "cuda" else None
         model = DistributedDataParallel(model, device_ids=ids)
     postprocess = PostProcess.from_config(cfg.decoder)
+    unscored = unscored_indices(names, cfg.data.unscored_categories,
+                                source="config data.unscored_categories")
     val_items = range(len(val_set)) if cfg.train.max_val_images <= 0 else range(
         min(cfg.train.max_val_images, len(val_set)))
     val_loader = DataLoader(
@@ -317,10 +342,12 @@ def train(
             for batch in bar:
                 batch = move_batch(batch, device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                    truth = ({"categories": batch["categories"], "groups": batch["groups"]}
-                             if detects else {})
-                    outputs = model(batch["images"], batch["boxes"], batch["pad_mask"],
-                                    batch["image_sizes"], **truth)
+                    if detects:  # the detecting model needs the truth to train
+                        outputs = model(batch["images"], batch["boxes"], batch["pad_mask"],
+                                        batch["image_sizes"], categories=batch["categories"],
+                                        groups=batch["groups"])
+                    else:
+                        outputs = model(**model_inputs(batch))
                 losses = criterion(outputs, batch)
                 loss = criterion.total(losses)
                 if not torch.isfinite(loss):
@@ -361,7 +388,7 @@ def train(
             if is_eval and info.main:
                 summary, _ = evaluate(
                     _unwrap(model), val_loader, num_classes=len(names), postprocess=postprocess,
-                    device=device, progress=progress,
+                    device=device, progress=progress, unscored_categories=unscored,
                 )
                 row.update({f"val_{k}": summary[k] for k in VAL_METRICS})
                 if writer is not None:

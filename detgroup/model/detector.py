@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import Tensor, nn
 
 from detgroup.config import Config
 from detgroup.model.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from detgroup.model.heads import AssignmentHead, CategoryHead, EmbeddingHead, PairAffinityHead
+from detgroup.model.item_encoders import AttributeEncoder, TextEncoder, TokenFusion
 from detgroup.model.relation import RelationEncoder
-from detgroup.model.roi_extractor import RoITokenizer
+from detgroup.model.roi_extractor import LayoutTokenizer, RoITokenizer
 from detgroup.model.sparse import (
     PairCandidates,
     check_dense_fits,
@@ -32,21 +35,36 @@ class GroupingModel(nn.Module):
     ``pair_edges`` int64 [E, 2] (flat indices b * N + i, i < j) and ``pred_edge_logits`` [E]
     instead of ``pred_affinity``, and ``candidate_embed`` [B, N, E]. In training the edges are
     the candidates plus random pairs.
+
+    ``backbone=None`` (with a :class:`LayoutTokenizer`): the image is never looked at; only
+    ``image_sizes`` (the frame the boxes are normalised by) is used. ``text_encoder`` and
+    ``attribute_encoder`` (optional) add the box's text and attributes to its token through
+    ``fusion`` before the relational transformer; a model with them must get those inputs.
     """
 
     def __init__(
         self,
         *,
-        backbone: nn.Module,
-        tokenizer: RoITokenizer,
+        backbone: nn.Module | None,
+        tokenizer: RoITokenizer | LayoutTokenizer,
         relation: RelationEncoder,
         category_head: CategoryHead,
         pair_head: nn.Module,
         candidates: PairCandidates | None = None,
+        text_encoder: TextEncoder | None = None,
+        attribute_encoder: AttributeEncoder | None = None,
+        fusion: TokenFusion | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
+        # registered only when used, so that a model without them keeps its old state-dict keys
+        if text_encoder is not None:
+            self.text_encoder = text_encoder
+        if attribute_encoder is not None:
+            self.attribute_encoder = attribute_encoder
+        if fusion is not None:
+            self.fusion = fusion
         self.relation = relation
         self.category_head = category_head
         self.pair_head = pair_head
@@ -54,8 +72,18 @@ class GroupingModel(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
 
+    @property
+    def uses_text(self) -> bool:
+        return hasattr(self, "text_encoder")
+
+    @property
+    def uses_attributes(self) -> bool:
+        return hasattr(self, "attribute_encoder")
+
     def features(self, images: Tensor, image_sizes: Tensor):
         """Backbone maps of a padded batch; pixels outside each image are zero after norm."""
+        if self.backbone is None:
+            return OrderedDict()
         h, w = images.shape[-2:]
         x = (images - self.pixel_mean) / self.pixel_std  # [B, 3, H, W]
         rows = torch.arange(h, device=images.device)[None, :, None] < image_sizes[:, 0, None, None]
@@ -69,13 +97,22 @@ class GroupingModel(nn.Module):
         boxes: Tensor,
         pad_mask: Tensor | None = None,
         image_sizes: Tensor | None = None,
+        text_hashes: Tensor | None = None,
+        text_offsets: Tensor | None = None,
+        text_shape: Tensor | None = None,
+        attributes: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """
         Args:
-            images: [B, 3, H, W] RGB in [0, 1], zero-padded bottom/right.
+            images: [B, 3, H, W] RGB in [0, 1], zero-padded bottom/right (any [B, 3, h, w],
+                e.g. h = w = 0, when the model has no backbone).
             boxes: [B, N, 4] xyxy absolute pixels.
             pad_mask: [B, N] bool, True where a box is padding (default: none).
             image_sizes: [B, 2] (H, W) before padding (default: the tensor's size).
+            text_hashes, text_offsets, text_shape: the texts of the B * N boxes, row-major
+                (:func:`detgroup.ops.text.encode_texts` on them, padding boxes as empty
+                texts): [T] int64, [B * N] int64, [B, N, S] float. Required by a text model.
+            attributes: [B, N, A] float. Required by a model with attributes.
         """
         b, n = boxes.shape[:2]
         if pad_mask is None:
@@ -84,6 +121,18 @@ class GroupingModel(nn.Module):
             image_sizes = torch.tensor([images.shape[-2:]] * b, device=images.device)
         feats = self.features(images, image_sizes)
         tokens = self.tokenizer(feats, boxes, image_sizes, tuple(images.shape[-2:]))  # [B, N, D]
+        if hasattr(self, "fusion"):
+            parts = [tokens]
+            if self.uses_text:
+                if text_hashes is None or text_offsets is None or text_shape is None:
+                    raise ValueError("this model reads box texts: give text_hashes, "
+                                     "text_offsets and text_shape")
+                parts.append(self.text_encoder(text_hashes, text_offsets, text_shape))
+            if self.uses_attributes:
+                if attributes is None:
+                    raise ValueError("this model reads box attributes: give attributes")
+                parts.append(self.attribute_encoder(attributes.to(tokens.dtype)))
+            tokens = self.fusion(parts)  # [B, N, D]
         if self.candidates is not None and self.candidates.active(n):
             return self._forward_candidates(tokens, boxes, pad_mask)
         if not torch.compiler.is_compiling():  # a symbolic N (torch.export) has no size yet
@@ -140,6 +189,8 @@ def build_model(cfg: Config, *, pretrained: bool = True) -> nn.Module:
     if not cfg.category_names:
         raise ValueError("cfg.category_names must be filled (from the training data) first")
     m = cfg.model
+    if m.attributes.enabled and not cfg.attribute_names:
+        raise ValueError("model.attributes needs cfg.attribute_names (from the training data)")
     if m.detector.backbone is not None:
         from detgroup.model.grouping_rcnn import build_grouping_faster_rcnn
 
@@ -156,23 +207,35 @@ def build_model(cfg: Config, *, pretrained: bool = True) -> nn.Module:
             proposal_tokens=d.proposal_tokens, proposal_iou=d.proposal_iou,
             roi_context=m.roi_context,
         )
-    backbone = build_backbone(
-        name=m.backbone.name,
-        weights=m.backbone.weights,
-        frozen=m.backbone.frozen,
-        width=m.backbone.width,
-        out_channels=m.backbone.out_channels,
-    )
-    levels = ["0", "1"] if m.backbone.name == "small" else ["0", "1", "2", "3"]
-    tokenizer = RoITokenizer(
-        in_channels=m.backbone.out_channels,
-        featmap_names=levels,
-        dim=m.dim,
-        roi_size=m.roi_size,
-        roi_width=m.roi_width,
-        context=m.roi_context,
-        canonical_scale=m.roi_canonical_scale,
-    )
+    backbone: nn.Module | None = None
+    tokenizer: RoITokenizer | LayoutTokenizer
+    if m.backbone.name == "none":
+        tokenizer = LayoutTokenizer(dim=m.dim)
+    else:
+        backbone = build_backbone(
+            name=m.backbone.name,
+            weights=m.backbone.weights,
+            frozen=m.backbone.frozen,
+            width=m.backbone.width,
+            out_channels=m.backbone.out_channels,
+        )
+        levels = ["0", "1"] if m.backbone.name == "small" else ["0", "1", "2", "3"]
+        tokenizer = RoITokenizer(
+            in_channels=m.backbone.out_channels,
+            featmap_names=levels,
+            dim=m.dim,
+            roi_size=m.roi_size,
+            roi_width=m.roi_width,
+            context=m.roi_context,
+            canonical_scale=m.roi_canonical_scale,
+        )
+    text_encoder = (TextEncoder(buckets=m.text.buckets, embed_dim=m.text.embed_dim, dim=m.dim)
+                    if m.text.enabled else None)
+    attribute_encoder = (AttributeEncoder(num_attributes=len(cfg.attribute_names),
+                                          hidden=m.attributes.hidden, dim=m.dim)
+                         if m.attributes.enabled else None)
+    parts = 1 + (text_encoder is not None) + (attribute_encoder is not None)
+    fusion = TokenFusion(dim=m.dim, parts=parts, mode=m.fusion) if parts > 1 else None
     pc = m.pair_candidates
     candidates = None if pc.mode == "dense" else PairCandidates(
         dim=m.dim, mode=pc.mode, auto_min_boxes=pc.auto_min_boxes, gap_k=pc.gap_k,
@@ -185,4 +248,7 @@ def build_model(cfg: Config, *, pretrained: bool = True) -> nn.Module:
         category_head=CategoryHead(dim=m.dim, num_classes=len(cfg.category_names)),
         pair_head=build_pair_head(cfg),
         candidates=candidates,
+        text_encoder=text_encoder,
+        attribute_encoder=attribute_encoder,
+        fusion=fusion,
     )

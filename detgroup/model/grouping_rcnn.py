@@ -227,8 +227,16 @@ class GroupingFasterRCNN(nn.Module):
         *,
         categories: Tensor | None = None,
         groups: Tensor | None = None,
+        text_hashes: Tensor | None = None,
+        text_offsets: Tensor | None = None,
+        text_shape: Tensor | None = None,
+        attributes: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """
+        ``text_hashes``, ``text_offsets``, ``text_shape`` and ``attributes`` are accepted so that
+        a batch's ``model_inputs`` can be passed, and not used: the config refuses ``model.text``
+        and ``model.attributes`` with ``model.detector``.
+
         Args:
             images: [B, 3, H, W] RGB in [0, 1], zero-padded bottom/right.
             boxes: [B, N, 4] xyxy absolute pixels: the truth boxes (training), boxes to group

@@ -87,3 +87,23 @@ class RoITokenizer(nn.Module):
         tokens = self.appearance(roi).view(batch, n, -1)  # [B, N, D]
         tokens = tokens + self.position(box_features(boxes, image_sizes))
         return self.norm(tokens)
+
+
+class LayoutTokenizer(nn.Module):
+    """Tokens ``[B, N, D]`` from box geometry alone (``model.backbone.name: none``): an MLP on
+    :func:`box_features`, layer-normalised. Same call as :class:`RoITokenizer`; no features."""
+
+    def __init__(self, *, dim: int) -> None:
+        super().__init__()
+        self.position = nn.Sequential(nn.Linear(BOX_FEATURES, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(
+        self,
+        features: OrderedDict[str, Tensor],
+        boxes: Tensor,
+        image_sizes: Tensor,
+        padded_hw: tuple[int, int],
+    ) -> Tensor:
+        """boxes [B, N, 4] xyxy px, image_sizes [B, 2] (H, W) → tokens [B, N, D]."""
+        return self.norm(self.position(box_features(boxes, image_sizes)))
