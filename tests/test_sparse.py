@@ -285,7 +285,7 @@ def test_train_and_predict_end_to_end_with_candidates(tiny_data: Path, tmp_path:
     train(cfg, out_dir=tmp_path, progress=False)
     grouper = Grouper.from_checkpoint(tmp_path / "model.pt")
     assert grouper.model.candidates is not None
-    image = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    image = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
     boxes = _boxes(20, seed=2, size=90).numpy()
     result = grouper.predict(image, boxes)
     assert result.groups.shape == (20,) and result.categories.shape == (20,)
