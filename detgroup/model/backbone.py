@@ -59,20 +59,32 @@ class SmallConvNet(nn.Module):
         return OrderedDict([("0", p2), ("1", p3)])
 
 
-def _load_state_dict(module: nn.Module, path: str) -> None:
+def read_state_dict(path: str | Path, what: str) -> dict[str, Tensor]:
+    """The state dict in a local weights file (a ``{"state_dict": ...}`` or ``{"model": ...}``
+    wrapper is unwrapped); loaded with ``weights_only=True`` (no code runs).
+
+    Raises:
+        DetgroupError: naming the file and ``what`` it should hold (e.g. "backbone weights"):
+            missing, unreadable, or not a mapping of names to tensors.
+    """
     file = Path(path)
     if not file.is_file():
-        raise DetgroupError(f"{file}: backbone weights file not found")
+        raise DetgroupError(f"{file}: {what} file not found")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt file
-        raise DetgroupError(f"{file}: cannot read backbone weights ({err})") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if isinstance(state, dict) and "model" in state:
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise DetgroupError(f"{file}: not a state dict")
+        raise DetgroupError(f"{file}: cannot read {what} ({err})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise DetgroupError(f"{file}: not a state dict (a mapping of names to tensors)")
+    return state
+
+
+def _load_state_dict(module: nn.Module, path: str) -> None:
+    file = Path(path)
+    state = read_state_dict(file, "backbone weights")
     result = module.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("fc.")]
     if missing:

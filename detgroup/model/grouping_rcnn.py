@@ -37,6 +37,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou, nms
 
 from detgroup.errors import DetgroupError
+from detgroup.model.backbone import read_state_dict
 from detgroup.model.heads import CategoryHead
 from detgroup.model.relation import RelationEncoder
 from detgroup.model.roi_extractor import RoITokenizer
@@ -93,17 +94,7 @@ def load_detector_weights(detector: FasterRCNN, path: str | Path, *, backbone: s
             another architecture (named as such, with the keys that do not fit).
     """
     file = Path(path)
-    if not file.is_file():
-        raise DetgroupError(f"{file}: detector weights file not found")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a corrupt file
-        raise DetgroupError(f"{file}: cannot read detector weights ({err})") from None
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise DetgroupError(f"{file}: not a state dict (a mapping of names to tensors)")
+    state = read_state_dict(file, "detector weights")
     own = detector.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
