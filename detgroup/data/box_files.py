@@ -152,6 +152,22 @@ def read_csv_boxes(path: str | Path) -> np.ndarray:
     return to_xyxy(np.asarray(rows, dtype=np.float64).reshape(-1, 4), fmt)
 
 
+def read_csv_texts(path: str | Path) -> list[str] | None:
+    """The ``text`` column of a CSV box file (named in its header, separated as the boxes are:
+    see :func:`read_csv_boxes`), one string per box row, or None if the file has none."""
+    path = Path(path)
+    lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if not lines:
+        return None
+    sep = next((s for s in _SEPARATORS if s in lines[0]), ",")
+    rows = list(csv.reader(lines, delimiter=sep))
+    header = [cell.strip().lower() for cell in rows[0]]
+    if "text" not in header:
+        return None
+    col = header.index("text")
+    return [row[col] if len(row) > col else "" for row in rows[1:]]
+
+
 def read_box_file(path: str | Path) -> np.ndarray:
     """Boxes of a ``.json`` or ``.csv`` file → float64 [N, 4] xyxy pixels."""
     from detgroup.data.coco_groups import read_json

@@ -49,7 +49,7 @@ import torch
 from tqdm import tqdm
 
 from detgroup.atomic import atomic_write_json, remove_stale_temp_files
-from detgroup.data.box_files import parse_box_list, read_box_file
+from detgroup.data.box_files import parse_box_list, read_box_file, read_csv_texts
 from detgroup.data.coco_groups import CocoGroups, load_coco_groups, read_json
 from detgroup.data.images import read_image_rgb
 from detgroup.errors import DetgroupError
@@ -198,12 +198,20 @@ class BoxSource:
                 raise DetgroupError(f"{self.spec}: no boxes for {image.name!r}")
             return parse_box_list(self.mapping[key], source=f"{self.spec} ({key})"), \
                 f"{self.spec} ({key})"
+        file = self._box_file(image)
+        if file is None:
+            stem = str(PurePosixPath(image.name).with_suffix(""))
+            raise DetgroupError(f"{self.spec}: no {stem}.json or {stem}.csv box file")
+        return read_box_file(file), str(file)
+
+    def _box_file(self, image: InputImage) -> Path | None:
+        """The per-image box file of ``image`` in the box folder (``.json`` first), or None."""
         stem = str(PurePosixPath(image.name).with_suffix(""))
         for suffix in (".json", ".csv"):
             file = self.spec / f"{stem}{suffix}"
             if file.is_file():
-                return read_box_file(file), str(file)
-        raise DetgroupError(f"{self.spec}: no {stem}.json or {stem}.csv box file")
+                return file
+        return None
 
     def extras(self, image: InputImage, num_boxes: int) -> tuple[list[str] | None, Any]:
         """(texts or None, attributes or None) of the boxes of one image; a list whose length
@@ -218,14 +226,9 @@ class BoxSource:
         if self.mapping is not None:
             key = _match_name(image.name, self.mapping)
             value = None if key is None else self.mapping[key]
-        else:
-            stem = str(PurePosixPath(image.name).with_suffix(""))
-            for suffix in (".json", ".csv"):
-                file = self.spec / f"{stem}{suffix}"
-                if file.is_file():
-                    source = file
-                    value = read_json(file) if suffix == ".json" else _read_csv_texts(file)
-                    break
+        elif (file := self._box_file(image)) is not None:
+            source = file
+            value = read_json(file) if file.suffix == ".json" else read_csv_texts(file)
         return _box_extras(value, source, num_boxes)
 
 
@@ -253,21 +256,6 @@ def _box_extras(value: Any, source: Path, num_boxes: int) -> tuple[list[str] | N
                                 "boxes (one list of numbers per box)")
     return texts, attributes
 
-
-def _read_csv_texts(path: Path) -> list[str] | None:
-    """The ``text`` column of a CSV box file (named in its header), or None if it has none."""
-    import csv
-
-    lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-    if not lines:
-        return None
-    sep = next((s for s in (",", ";", "\t") if s in lines[0]), ",")
-    rows = list(csv.reader(lines, delimiter=sep))
-    header = [cell.strip().lower() for cell in rows[0]]
-    if "text" not in header:
-        return None
-    col = header.index("text")
-    return [row[col] if len(row) > col else "" for row in rows[1:]]
 
 
 class Detector:
