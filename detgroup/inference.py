@@ -2,69 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from detgroup.checkpoint import load_model_from_checkpoint
 from detgroup.config import Config
 from detgroup.data.dataset import collate_groups, model_inputs
 from detgroup.data.images import read_image_rgb, to_rgb_uint8
-from detgroup.engine.checkpoint import load_model_from_checkpoint
-from detgroup.engine.device import resolve_device
-from detgroup.engine.evaluate import ImagePrediction, PostProcess
+from detgroup.device import resolve_device
 from detgroup.errors import DetgroupError
 from detgroup.model.detector import GroupingModel
 from detgroup.model.grouping_rcnn import GroupingFasterRCNN
+from detgroup.model.postprocess import PostProcess, Prediction
 
-
-@dataclass
-class GroupResult:
-    """Grouping of the boxes of one image.
-
-    ``categories`` [N] int (index into ``category_names``), ``groups`` [N] int (numbered from 0
-    within each category), ``scores`` [N] probability of each box's category,
-    ``group_scores`` {(category, group): confidence}, ``affinity`` [N, N] same-group
-    probabilities (a ``scipy.sparse.csr_matrix`` of the candidate pairs when the model scored
-    candidate pairs, ``model.pair_candidates``), ``class_probs`` [N, C], ``boxes`` [N, 4] xyxy px.
-    When the model found the boxes itself, ``scores`` is the category probability times the
-    detector's score (a confidence in box and category, as COCO results want), and
-    ``detection_scores`` [N] holds the detector's score alone (None when the boxes were given).
-    """
-
-    boxes: np.ndarray
-    categories: np.ndarray
-    groups: np.ndarray
-    scores: np.ndarray
-    group_scores: dict[tuple[int, int], float]
-    affinity: Any
-    class_probs: np.ndarray
-    category_names: list[str]
-    detection_scores: np.ndarray | None = None
-
-    @classmethod
-    def from_prediction(cls, pred: ImagePrediction, names: list[str]) -> GroupResult:
-        return cls(pred.boxes, pred.categories, pred.groups, pred.scores, pred.group_scores,
-                   pred.affinity, pred.class_probs, names)
-
-    def group_list(self) -> list[dict[str, Any]]:
-        """One readable record per group: label, category, score, members, enclosing box."""
-        records = []
-        for (cat, grp), score in sorted(self.group_scores.items()):
-            members = np.flatnonzero((self.categories == cat) & (self.groups == grp))
-            b = self.boxes[members]
-            records.append({
-                "label": f"{self.category_names[cat]}/{grp}",
-                "category": self.category_names[cat],
-                "group_id": int(grp),
-                "score": round(float(score), 4),
-                "members": [int(i) for i in members],
-                "box": [round(float(v), 2) for v in (b[:, 0].min(), b[:, 1].min(),
-                                                      b[:, 2].max(), b[:, 3].max())],
-            })
-        return records
+GroupResult = Prediction  # the API's name for the one prediction type
 
 
 def check_boxes(
@@ -137,7 +91,8 @@ class Grouper:
         self.cfg = cfg
         self.postprocess = PostProcess.from_config(cfg.decoder, method=method,
                                                    consistency=consistency, neighbors=neighbors,
-                                                   pair_bias=pair_bias)
+                                                   pair_bias=pair_bias,
+                                                   category_names=list(cfg.category_names))
 
     @classmethod
     def from_checkpoint(
@@ -266,7 +221,7 @@ class Grouper:
     @torch.no_grad()
     def predict(self, image: str | Path | np.ndarray | None, boxes: Any = None, texts: Any = None,
                 attributes: Any = None, *, image_size: tuple[int, int] | None = None
-                ) -> GroupResult:
+                ) -> Prediction:
         """Group ``boxes`` [N, 4] (xyxy pixels) of ``image`` (a path or HxWx3 uint8 RGB).
 
         ``boxes=None``: the model detects the boxes itself (a checkpoint trained with
@@ -290,7 +245,7 @@ class Grouper:
         batch_size: int = 8, texts: list[Any] | None = None,
         attributes: list[Any] | None = None,
         image_sizes: list[tuple[int, int] | None] | None = None,
-    ) -> list[GroupResult]:
+    ) -> list[Prediction]:
         """:meth:`predict` for many images, run ``batch_size`` at a time (``boxes=None``: the
         model detects them)."""
         if boxes is None and not self.detects:
@@ -302,7 +257,7 @@ class Grouper:
                             ("image sizes", image_sizes)):
             if extra is not None and len(extra) != len(images):
                 raise DetgroupError(f"got {len(images)} images but {len(extra)} {name} lists")
-        results: list[GroupResult] = []
+        results: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             items = [self._item(images[i], None if boxes is None else boxes[i], i,
                                 None if texts is None else texts[i],
@@ -316,12 +271,10 @@ class Grouper:
                 preds = self.postprocess(out, out["pred_boxes"], batch["image_ids"])
                 det_scores = (~out["pad_mask"]).cpu().numpy(), out["pred_scores"].cpu().numpy()
                 for pred, real, scores in zip(preds, *det_scores, strict=True):
-                    result = GroupResult.from_prediction(pred, self.category_names)
-                    result.detection_scores = scores[real]
-                    result.scores = result.scores * result.detection_scores
-                    results.append(result)
+                    pred.detection_scores = scores[real]
+                    pred.scores = pred.scores * pred.detection_scores
+                    results.append(pred)
                 continue
             out = self.model(**model_inputs(dev))
-            for pred in self.postprocess(out, dev["boxes"], batch["image_ids"]):
-                results.append(GroupResult.from_prediction(pred, self.category_names))
+            results.extend(self.postprocess(out, dev["boxes"], batch["image_ids"]))
         return results

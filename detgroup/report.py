@@ -54,7 +54,7 @@ from detgroup.visualize import (
 )
 
 if TYPE_CHECKING:
-    from detgroup.engine.evaluate import ImagePrediction
+    from detgroup.model.postprocess import Prediction
 
 __all__ = [
     "METRICS",
@@ -195,7 +195,7 @@ def _fate_counts(fates: list[GroupFate]) -> dict[str, int]:
 class _Detail:
     """What the pictures of one image need (kept for the worst images only)."""
 
-    prediction: ImagePrediction
+    prediction: Prediction
     gt_categories: np.ndarray
     gt_groups: np.ndarray
     comparison: Comparison
@@ -234,7 +234,7 @@ class ReportBuilder:
         self._worst: list[tuple[float, int, int, _Detail]] = []  # heap of the worst, negated
         self._added = 0
 
-    def add(self, prediction: ImagePrediction, gt_categories: np.ndarray,
+    def add(self, prediction: Prediction, gt_categories: np.ndarray,
             gt_groups: np.ndarray, metrics: dict[str, Any]) -> None:
         """One image: its prediction, true labels (int [N], the prediction's boxes) and
         metrics (`detgroup.metrics.image_metrics`)."""

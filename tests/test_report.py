@@ -14,9 +14,9 @@ import pytest
 
 from detgroup.cli import main
 from detgroup.data.coco_groups import load_coco_groups
-from detgroup.engine.evaluate import ImagePrediction
 from detgroup.errors import DetgroupError
 from detgroup.metrics import image_metrics
+from detgroup.model.postprocess import Prediction
 from detgroup.report import ReportBuilder, group_fates, read_report, write_comparisons
 from detgroup.visualize import compare, group_palette
 
@@ -25,15 +25,15 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 
 def _prediction(image_id: int, boxes: np.ndarray, categories: np.ndarray,
-                groups: np.ndarray) -> ImagePrediction:
+                groups: np.ndarray) -> Prediction:
     n = len(boxes)
     same = (categories[:, None] == categories) & (groups[:, None] == groups)
-    return ImagePrediction(
+    return Prediction(
         image_id=image_id, boxes=boxes.astype(np.float32),
         class_probs=np.eye(len(NAMES))[categories] if n else np.zeros((0, len(NAMES))),
         categories=categories, groups=groups, scores=np.ones(n),
         group_scores={(int(c), int(g)): 0.9 for c, g in zip(categories, groups, strict=True)},
-        affinity=np.where(same, 0.9, 0.1))
+        pair_probs=np.where(same, 0.9, 0.1))
 
 
 def _perturb(k: int, categories: np.ndarray, groups: np.ndarray

@@ -1,47 +1,28 @@
-"""Post-processing of model outputs into per-image groups, and the evaluation loop."""
+"""The evaluation loop (model → :class:`~detgroup.model.postprocess.PostProcess` → metrics), and
+the scoring of detected, grouped boxes."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 import torch
-from scipy.special import expit
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from detgroup.data.coco_groups import CocoGroups, load_coco_groups, read_json
 from detgroup.data.dataset import model_inputs
-from detgroup.decoder import Partition, decode_on_neighbors, decode_sparse
 from detgroup.errors import DetgroupError
 from detgroup.metrics import DetectionGroupingEvaluator, GroupingEvaluator, coco_box_ap
+from detgroup.model.postprocess import PostProcess, Prediction
 
-
-@dataclass
-class ImagePrediction:
-    """Decoded prediction of one image (numpy, CPU).
-
-    ``boxes`` [N, 4] xyxy px; ``class_probs`` [N, C]; ``categories`` [N] class indices;
-    ``groups`` [N] group ids numbered from 0 within each category; ``scores`` [N] probability of
-    the chosen category; ``group_scores`` maps (category, group) → confidence;
-    ``affinity`` [N, N] same-group probabilities (a ``scipy.sparse.csr_matrix`` holding the
-    candidate pairs only when the model scored candidate pairs, ``model.pair_candidates``).
-    """
-
-    image_id: int
-    boxes: np.ndarray
-    class_probs: np.ndarray
-    categories: np.ndarray
-    groups: np.ndarray
-    scores: np.ndarray
-    group_scores: dict[tuple[int, int], float]
-    affinity: np.ndarray | sp.csr_matrix
+ImagePrediction = Prediction  # the name before the one prediction type (model/postprocess.py)
+__all__ = ["ImagePrediction", "PostProcess", "evaluate", "evaluate_detections",
+           "load_detections", "move_batch", "unscored_indices"]
 
 
 def unscored_indices(names: list[str], unscored: list[str], *, source: str) -> list[int]:
@@ -50,127 +31,6 @@ def unscored_indices(names: list[str], unscored: list[str], *, source: str) -> l
     if unknown:
         raise DetgroupError(f"{source}: unscored categories {unknown} are not among {names}")
     return [names.index(u) for u in unscored]
-
-
-class PostProcess:
-    """Turns the model's batched logits into :class:`ImagePrediction` per image."""
-
-    def __init__(self, *, method: str = "gaec-kl", consistency: str = "joint",
-                 pair_bias: float = 0.0, neighbors: int = 0) -> None:
-        if neighbors and method == "exact":
-            raise DetgroupError("decoder method 'exact' decodes every pair; it cannot be used "
-                                f"with neighbors={neighbors} (use neighbors 0)")
-        self.method = method
-        self.consistency = consistency
-        self.pair_bias = pair_bias  # added to the pair logits (see DecoderConfig.pair_bias)
-        self.neighbors = neighbors  # 0: every pair; k: each box's k nearest (DecoderConfig)
-
-    @classmethod
-    def from_config(cls, decoder: Any, *, method: str | None = None,
-                    consistency: str | None = None, pair_bias: float | None = None,
-                    neighbors: int | None = None) -> PostProcess:
-        """From a :class:`~detgroup.config.DecoderConfig`, each field overridable."""
-        return cls(method=method or decoder.method,
-                   consistency=consistency or decoder.consistency,
-                   pair_bias=decoder.pair_bias if pair_bias is None else pair_bias,
-                   neighbors=decoder.neighbors if neighbors is None else neighbors)
-
-    def settings(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`detgroup.decoder.partition` that decode as this does."""
-        return {"method": self.method, "consistency": self.consistency,
-                "pair_bias": float(self.pair_bias), "neighbors": int(self.neighbors)}
-
-    def decode(self, pair_logits: np.ndarray, class_logits: np.ndarray | None,
-               boxes: np.ndarray) -> Partition:
-        """Partition of one image: pair_logits [N, N] (bias added), class_logits [N, C] or None,
-        boxes [N, 4] xyxy px; on the k-nearest-neighbour graph when ``neighbors`` > 0."""
-        return decode_on_neighbors(pair_logits, class_logits, method=self.method,
-                                   consistency=self.consistency, boxes=boxes,
-                                   neighbors=self.neighbors)
-
-    @torch.no_grad()
-    def __call__(
-        self, outputs: dict[str, Tensor], boxes: Tensor, image_ids: list[int]
-    ) -> list[ImagePrediction]:
-        """outputs: the model's dict; boxes [B, N, 4]; image_ids [B]."""
-        if "pair_edges" in outputs:
-            return self._sparse(outputs, boxes, image_ids)
-        logits = outputs["pred_logits"].float().cpu().numpy()  # [B, N, C]
-        pair = outputs["pred_affinity"].float().cpu().numpy() + self.pair_bias  # [B, N, N]
-        real = (~outputs["pad_mask"]).cpu().numpy()  # [B, N]
-        boxes_np = boxes.float().cpu().numpy()
-        results = []
-        for b, image_id in enumerate(image_ids):
-            keep = np.flatnonzero(real[b])
-            pair_b = pair[b][np.ix_(keep, keep)]
-            pair_b = (pair_b + pair_b.T) / 2  # exact symmetry for the decoder
-            cls_b = logits[b][keep]
-            part = self.decode(pair_b, cls_b, boxes_np[b][keep])
-            probs = _softmax(cls_b)
-            scores = probs[np.arange(len(keep)), part.categories] if len(keep) else np.zeros(0)
-            results.append(
-                ImagePrediction(
-                    image_id=int(image_id),
-                    boxes=boxes_np[b][keep],
-                    class_probs=probs,
-                    categories=part.categories,
-                    groups=part.groups,
-                    scores=scores,
-                    group_scores=_group_score_map(part),
-                    affinity=expit(pair_b),
-                )
-            )
-        return results
-
-
-    def _sparse(self, outputs: dict[str, Tensor], boxes: Tensor, image_ids: list[int]
-                ) -> list[ImagePrediction]:
-        """Decode the candidate pairs (``pair_edges`` [E, 2] flat, ``pred_edge_logits`` [E])
-        with ``decode_sparse``; ``neighbors`` does not apply (the graph is the model's)."""
-        logits = outputs["pred_logits"].float().cpu().numpy()  # [B, N, C]
-        real = (~outputs["pad_mask"]).cpu().numpy()  # [B, N]
-        edges = outputs["pair_edges"].cpu().numpy()  # [E, 2]
-        edge_logits = outputs["pred_edge_logits"].float().cpu().numpy() + self.pair_bias  # [E]
-        boxes_np = boxes.float().cpu().numpy()
-        n = real.shape[1]
-        image_of = edges[:, 0] // max(n, 1)
-        results = []
-        for b, image_id in enumerate(image_ids):
-            keep = np.flatnonzero(real[b])
-            local = np.full(n, -1, dtype=np.int64)
-            local[keep] = np.arange(len(keep))
-            mine = image_of == b
-            e = local[edges[mine] - b * n]  # [E_b, 2] indices into the real boxes
-            w = edge_logits[mine]
-            cls_b = logits[b][keep]
-            part = decode_sparse(len(keep), e, w, cls_b, method=self.method,
-                                 consistency=self.consistency, boxes=boxes_np[b][keep])
-            probs = _softmax(cls_b)
-            scores = probs[np.arange(len(keep)), part.categories] if len(keep) else np.zeros(0)
-            p = expit(w)
-            affinity = sp.csr_matrix((np.concatenate([p, p]), (np.concatenate([e[:, 0], e[:, 1]]),
-                                      np.concatenate([e[:, 1], e[:, 0]]))),
-                                     shape=(len(keep), len(keep)))
-            results.append(ImagePrediction(
-                image_id=int(image_id), boxes=boxes_np[b][keep], class_probs=probs,
-                categories=part.categories, groups=part.groups, scores=scores,
-                group_scores=_group_score_map(part), affinity=affinity))
-        return results
-
-
-def _group_score_map(part: Partition) -> dict[tuple[int, int], float]:
-    """{(category, group): score} from the decoder's per-cluster scores."""
-    scores: dict[tuple[int, int], float] = {}
-    for i, k in enumerate(part.cluster):
-        scores.setdefault((int(part.categories[i]), int(part.groups[i])),
-                          float(part.group_scores[k]))
-    return scores
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=-1, keepdims=True) if x.size else x
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True) if x.size else e
 
 
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -187,7 +47,7 @@ def evaluate(
     postprocess: PostProcess,
     device: torch.device,
     progress: bool = False,
-    on_image: Callable[[ImagePrediction, np.ndarray, np.ndarray, dict[str, Any]], None]
+    on_image: Callable[[Prediction, np.ndarray, np.ndarray, dict[str, Any]], None]
     | None = None,
     unscored_categories: list[int] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:

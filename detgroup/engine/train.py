@@ -32,10 +32,10 @@ from detgroup.atomic import atomic_open, atomic_write_json, remove_stale_temp_fi
 from detgroup.config import VAL_METRICS, Config, config_to_dict, config_to_yaml
 from detgroup.data.dataset import GroupDataset, collate_groups, model_inputs
 from detgroup.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
-from detgroup.engine.evaluate import PostProcess, evaluate, move_batch, unscored_indices
+from detgroup.engine.evaluate import evaluate, move_batch, unscored_indices
 from detgroup.errors import DetgroupError
-from detgroup.losses import build_criterion, calibrated_pair_bias
-from detgroup.model.detector import build_model
+from detgroup.losses import calibrated_pair_bias
+from detgroup.model.postprocess import build
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +256,8 @@ def train(
         raise DetgroupError(f"{cfg.data.train_ann}: no image with boxes to train on")
 
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg).to(device)
-    criterion = build_criterion(cfg)
+    model, criterion, postprocess = build(cfg)
+    model = model.to(device)
     detects = cfg.model.detector.backbone is not None  # the model needs the truth to train
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -297,7 +297,6 @@ def train(
     if info.world > 1:
         ids = [device.index] if device.type == "cuda" else None
         model = DistributedDataParallel(model, device_ids=ids)
-    postprocess = PostProcess.from_config(cfg.decoder)
     unscored = unscored_indices(names, cfg.data.unscored_categories,
                                 source="config data.unscored_categories")
     val_items = range(len(val_set)) if cfg.train.max_val_images <= 0 else range(

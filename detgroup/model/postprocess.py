@@ -1,0 +1,197 @@
+"""Post-processing: the model's batched logits → one :class:`Prediction` per image.
+
+Model → criterion → post-process, as in DETR: :func:`build` returns the three for a config.
+The post-processor symmetrises the pair logits, decodes them (:mod:`detgroup.decoder`) and turns
+logits into probabilities; every consumer (the evaluation loop, ``Grouper``, ``detgroup infer``,
+the report) reads the same :class:`Prediction`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.special import expit, softmax
+from torch import Tensor, nn
+
+from detgroup.decoder import Partition, decode_on_neighbors, decode_sparse
+from detgroup.errors import DetgroupError
+from detgroup.losses import DetectionGroupCriterion, GroupCriterion, build_criterion
+from detgroup.model.detector import build_model
+
+if TYPE_CHECKING:
+    from detgroup.config import Config
+
+
+@dataclass
+class Prediction:
+    """Decoded prediction of the boxes of one image (numpy, CPU).
+
+    ``boxes`` [N, 4] xyxy px; ``categories`` [N] int (index into ``category_names``);
+    ``groups`` [N] int, numbered from 0 within each category; ``scores`` [N] probability of each
+    box's category; ``group_scores`` {(category, group): confidence}; ``pair_probs`` [N, N]
+    same-group probabilities (a ``scipy.sparse.csr_matrix`` of the candidate pairs when the model
+    scored candidate pairs, ``model.pair_candidates``); ``class_probs`` [N, C] category
+    probabilities; ``image_id`` the image's id in its batch or file.
+    When the model found the boxes itself, ``scores`` is the category probability times the
+    detector's score (a confidence in box and category, as COCO results want), and
+    ``detection_scores`` [N] holds the detector's score alone (None when the boxes were given).
+    """
+
+    boxes: np.ndarray
+    categories: np.ndarray
+    groups: np.ndarray
+    scores: np.ndarray
+    group_scores: dict[tuple[int, int], float]
+    pair_probs: np.ndarray | sp.csr_matrix
+    class_probs: np.ndarray
+    category_names: list[str] = field(default_factory=list)
+    detection_scores: np.ndarray | None = None
+    image_id: int = 0
+
+    @property
+    def affinity(self) -> np.ndarray | sp.csr_matrix:
+        """``pair_probs`` under the name of the public API (``Grouper`` results)."""
+        return self.pair_probs
+
+    def group_list(self) -> list[dict[str, Any]]:
+        """One readable record per group: label, category, score, members, enclosing box."""
+        records = []
+        for (cat, grp), score in sorted(self.group_scores.items()):
+            members = np.flatnonzero((self.categories == cat) & (self.groups == grp))
+            b = self.boxes[members]
+            records.append({
+                "label": f"{self.category_names[cat]}/{grp}",
+                "category": self.category_names[cat],
+                "group_id": int(grp),
+                "score": round(float(score), 4),
+                "members": [int(i) for i in members],
+                "box": [round(float(v), 2) for v in (b[:, 0].min(), b[:, 1].min(),
+                                                      b[:, 2].max(), b[:, 3].max())],
+            })
+        return records
+
+
+class PostProcess:
+    """Turns the model's batched logits into a :class:`Prediction` per image."""
+
+    def __init__(self, *, method: str = "gaec-kl", consistency: str = "joint",
+                 pair_bias: float = 0.0, neighbors: int = 0,
+                 category_names: list[str] | None = None) -> None:
+        if neighbors and method == "exact":
+            raise DetgroupError("decoder method 'exact' decodes every pair; it cannot be used "
+                                f"with neighbors={neighbors} (use neighbors 0)")
+        self.method = method
+        self.consistency = consistency
+        self.pair_bias = pair_bias  # added to the pair logits (see DecoderConfig.pair_bias)
+        self.neighbors = neighbors  # 0: every pair; k: each box's k nearest (DecoderConfig)
+        self.category_names = list(category_names or [])  # copied into every Prediction
+
+    @classmethod
+    def from_config(cls, decoder: Any, *, method: str | None = None,
+                    consistency: str | None = None, pair_bias: float | None = None,
+                    neighbors: int | None = None,
+                    category_names: list[str] | None = None) -> PostProcess:
+        """From a :class:`~detgroup.config.DecoderConfig`, each field overridable."""
+        return cls(method=method or decoder.method,
+                   consistency=consistency or decoder.consistency,
+                   pair_bias=decoder.pair_bias if pair_bias is None else pair_bias,
+                   neighbors=decoder.neighbors if neighbors is None else neighbors,
+                   category_names=category_names)
+
+    def settings(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`detgroup.decoder.partition` that decode as this does."""
+        return {"method": self.method, "consistency": self.consistency,
+                "pair_bias": float(self.pair_bias), "neighbors": int(self.neighbors)}
+
+    def decode(self, pair_logits: np.ndarray, class_logits: np.ndarray | None,
+               boxes: np.ndarray) -> Partition:
+        """Partition of one image: pair_logits [N, N] (bias added), class_logits [N, C] or None,
+        boxes [N, 4] xyxy px; on the k-nearest-neighbour graph when ``neighbors`` > 0."""
+        return decode_on_neighbors(pair_logits, class_logits, method=self.method,
+                                   consistency=self.consistency, boxes=boxes,
+                                   neighbors=self.neighbors)
+
+    @torch.no_grad()
+    def __call__(
+        self, outputs: dict[str, Tensor], boxes: Tensor, image_ids: list[int]
+    ) -> list[Prediction]:
+        """outputs: the model's dict; boxes [B, N, 4]; image_ids [B]."""
+        if "pair_edges" in outputs:
+            return self._sparse(outputs, boxes, image_ids)
+        logits = outputs["pred_logits"].float().cpu().numpy()  # [B, N, C]
+        pair = outputs["pred_affinity"].float().cpu().numpy() + self.pair_bias  # [B, N, N]
+        real = (~outputs["pad_mask"]).cpu().numpy()  # [B, N]
+        boxes_np = boxes.float().cpu().numpy()
+        results = []
+        for b, image_id in enumerate(image_ids):
+            keep = np.flatnonzero(real[b])
+            pair_b = pair[b][np.ix_(keep, keep)]
+            pair_b = (pair_b + pair_b.T) / 2  # exact symmetry for the decoder
+            cls_b = logits[b][keep]
+            part = self.decode(pair_b, cls_b, boxes_np[b][keep])
+            results.append(self._prediction(image_id, boxes_np[b][keep], cls_b, part,
+                                            expit(pair_b)))
+        return results
+
+    def _sparse(self, outputs: dict[str, Tensor], boxes: Tensor, image_ids: list[int]
+                ) -> list[Prediction]:
+        """Decode the candidate pairs (``pair_edges`` [E, 2] flat, ``pred_edge_logits`` [E])
+        with ``decode_sparse``; ``neighbors`` does not apply (the graph is the model's)."""
+        logits = outputs["pred_logits"].float().cpu().numpy()  # [B, N, C]
+        real = (~outputs["pad_mask"]).cpu().numpy()  # [B, N]
+        edges = outputs["pair_edges"].cpu().numpy()  # [E, 2]
+        edge_logits = outputs["pred_edge_logits"].float().cpu().numpy() + self.pair_bias  # [E]
+        boxes_np = boxes.float().cpu().numpy()
+        n = real.shape[1]
+        image_of = edges[:, 0] // max(n, 1)
+        results = []
+        for b, image_id in enumerate(image_ids):
+            keep = np.flatnonzero(real[b])
+            local = np.full(n, -1, dtype=np.int64)
+            local[keep] = np.arange(len(keep))
+            mine = image_of == b
+            e = local[edges[mine] - b * n]  # [E_b, 2] indices into the real boxes
+            w = edge_logits[mine]
+            cls_b = logits[b][keep]
+            part = decode_sparse(len(keep), e, w, cls_b, method=self.method,
+                                 consistency=self.consistency, boxes=boxes_np[b][keep])
+            p = expit(w)
+            pair_probs = sp.csr_matrix((np.concatenate([p, p]),
+                                        (np.concatenate([e[:, 0], e[:, 1]]),
+                                         np.concatenate([e[:, 1], e[:, 0]]))),
+                                       shape=(len(keep), len(keep)))
+            results.append(self._prediction(image_id, boxes_np[b][keep], cls_b, part,
+                                            pair_probs))
+        return results
+
+    def _prediction(self, image_id: int, boxes: np.ndarray, class_logits: np.ndarray,
+                    part: Partition, pair_probs: np.ndarray | sp.csr_matrix) -> Prediction:
+        """One image's :class:`Prediction`: boxes [N, 4], class_logits [N, C], its partition and
+        its same-group probabilities [N, N] (dense or the candidate pairs)."""
+        probs = softmax(class_logits, axis=-1)  # [N, C]
+        scores = probs[np.arange(len(boxes)), part.categories]  # [N]
+        return Prediction(boxes=boxes, categories=part.categories, groups=part.groups,
+                          scores=scores, group_scores=_group_score_map(part),
+                          pair_probs=pair_probs, class_probs=probs,
+                          category_names=list(self.category_names), image_id=int(image_id))
+
+
+def _group_score_map(part: Partition) -> dict[tuple[int, int], float]:
+    """{(category, group): score} from the decoder's per-cluster scores."""
+    scores: dict[tuple[int, int], float] = {}
+    for i, k in enumerate(part.cluster):
+        scores.setdefault((int(part.categories[i]), int(part.groups[i])),
+                          float(part.group_scores[k]))
+    return scores
+
+
+def build(cfg: Config, *, pretrained: bool = True
+          ) -> tuple[nn.Module, GroupCriterion | DetectionGroupCriterion, PostProcess]:
+    """Model, criterion and post-processor of ``cfg`` (``cfg.category_names`` set), as DETR's
+    ``build``; ``pretrained`` as in :func:`~detgroup.model.detector.build_model`."""
+    return (build_model(cfg, pretrained=pretrained), build_criterion(cfg),
+            PostProcess.from_config(cfg.decoder, category_names=list(cfg.category_names)))
