@@ -17,57 +17,11 @@ from detgroup.errors import DetgroupError
 from detgroup.model.detector import GroupingModel
 from detgroup.model.grouping_rcnn import GroupingFasterRCNN
 from detgroup.model.postprocess import PostProcess, Prediction
+from detgroup.ops.boxes import check_boxes
+
+__all__ = ["GroupResult", "Grouper", "check_boxes"]
 
 GroupResult = Prediction  # the API's name for the one prediction type
-
-
-def check_boxes(
-    boxes: Any, height: int, width: int, *, source: str = "boxes", clip: bool = False,
-    tolerance: float = 1.0,
-) -> np.ndarray:
-    """Validate user boxes ``[N, 4]`` xyxy px against a ``width`` x ``height`` image.
-
-    The rule of every box source (COCO files too): a box may extend up to ``tolerance`` px
-    outside the image (it is kept as it is); further out it is an error unless ``clip``, which
-    clips every box to the image. A box with no area inside the image is always an error.
-    Returns float32 [N, 4].
-    """
-    try:
-        arr = np.asarray(boxes, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise DetgroupError(f"{source}: boxes must be numbers in an [N, 4] array") from None
-    if arr.size == 0:
-        return np.zeros((0, 4), dtype=np.float32)
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise DetgroupError(f"{source}: boxes must have shape [N, 4], got {list(arr.shape)}")
-    bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
-    if bad.size:
-        raise DetgroupError(f"{source}: box {bad[0]} has a non-finite coordinate {arr[bad[0]]}")
-    bad = np.flatnonzero((arr[:, 2] <= arr[:, 0]) | (arr[:, 3] <= arr[:, 1]))
-    if bad.size:
-        raise DetgroupError(
-            f"{source}: box {bad[0]} {arr[bad[0]].tolist()} is empty or inside out "
-            "(need x1 < x2 and y1 < y2, xyxy pixels)"
-        )
-    clipped = arr.copy()
-    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
-    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
-    bad = np.flatnonzero((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
-    if bad.size:
-        raise DetgroupError(
-            f"{source}: box {bad[0]} {arr[bad[0]].tolist()} has no area inside the image "
-            f"({width}x{height})"
-        )
-    if not clip:
-        out = np.flatnonzero((np.abs(clipped - arr) > tolerance).any(axis=1))
-        if out.size:
-            raise DetgroupError(
-                f"{source}: box {out[0]} {arr[out[0]].tolist()} extends outside the "
-                f"{width}x{height} image by more than {tolerance} px (use --clip, or "
-                "clip=True, to clip it)"
-            )
-        return arr
-    return clipped
 
 
 class Grouper:

@@ -32,11 +32,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
+from torchvision.ops import box_iou
 
 from detgroup.atomic import atomic_write_bytes
 from detgroup.errors import DetgroupError
 from detgroup.metrics import GroupMatch, match_groups
+from detgroup.ops.boxes import box_faults
 
 __all__ = [
     "OKABE_ITO",
@@ -307,10 +310,11 @@ def _check(boxes: np.ndarray, categories: np.ndarray, groups: np.ndarray,
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise DetgroupError(f"boxes must be [N, 4] xyxy, got shape {list(boxes.shape)}")
     n = len(boxes)
-    bad = np.flatnonzero(~np.isfinite(boxes).all(1))
+    faults = box_faults(boxes, math.inf, math.inf)  # drawn boxes may be degenerate
+    bad = np.flatnonzero(faults.non_finite)
     if len(bad):
         raise DetgroupError(f"boxes must be finite; bad box indices {bad.tolist()}")
-    bad = np.flatnonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))
+    bad = np.flatnonzero(faults.inverted)
     if len(bad):
         raise DetgroupError(f"boxes must be xyxy with x1 >= x0 and y1 >= y0; bad box indices "
                             f"{bad.tolist()}")
@@ -723,13 +727,8 @@ def match_boxes(boxes: np.ndarray, others: np.ndarray, *, min_iou: float = 0.5
     others = np.asarray(others, float).reshape(-1, 4)
     if not len(boxes) or not len(others):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    lt = np.maximum(boxes[:, None, :2], others[None, :, :2])  # [N, M, 2]
-    rb = np.minimum(boxes[:, None, 2:], others[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)  # [N, M]
-    area_a = (boxes[:, 2:] - boxes[:, :2]).prod(-1)
-    area_b = (others[:, 2:] - others[:, :2]).prod(-1)
-    union = area_a[:, None] + area_b[None] - inter
-    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    iou = box_iou(torch.from_numpy(boxes), torch.from_numpy(others)).numpy()  # [N, M]
+    iou = np.nan_to_num(iou, nan=0.0)  # 0 / 0 between zero-area boxes
     # identical boxes (zero area included) match
     same = (boxes[:, None] == others[None]).all(-1)
     iou = np.where(same, 1.0, iou)

@@ -11,7 +11,7 @@ import pytest
 from detgroup.data.box_files import parse_box_list, read_box_file
 from detgroup.data.coco_groups import validate_coco_groups
 from detgroup.errors import DetgroupError
-from detgroup.inference import check_boxes
+from detgroup.ops.boxes import check_boxes
 
 XYXY = [[10.0, 20.0, 40.0, 60.0], [5.0, 5.0, 15.0, 25.5]]
 

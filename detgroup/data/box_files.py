@@ -15,7 +15,7 @@ Every box source says its format, or takes the one default:
 
 A row or entry that does not parse is an error naming the file and the line (CSV) or the box
 index (JSON). Whether a box may leave its image is decided later, the same way for every
-source (:func:`detgroup.inference.check_boxes`).
+source (:func:`detgroup.ops.boxes.check_boxes`).
 """
 
 from __future__ import annotations

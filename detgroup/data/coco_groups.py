@@ -26,6 +26,7 @@ import numpy as np
 from detgroup.atomic import atomic_write_json
 from detgroup.data.images import read_image_rgb
 from detgroup.errors import DetgroupError
+from detgroup.ops.boxes import box_faults
 
 MAX_LISTED_PROBLEMS = 50
 GROUP_UNKNOWN = -1  # the group_id of a box whose group is not known
@@ -136,25 +137,28 @@ def _check_bbox(
         problems.append(f"{where}: 'bbox' has a non-finite value {bbox!r}")
         return
     x, y, w, h = bbox
-    if w <= 0 or h <= 0:
+    width, height = math.inf, math.inf
+    known = image is not None and _is_number(image.get("width")) and _is_number(
+        image.get("height"))
+    if known:
+        width, height = image["width"], image["height"]
+    faults = box_faults(np.array([[x, y, x + w, y + h]], dtype=np.float64), height, width,
+                        tolerance=tolerance)
+    if faults.empty[0]:
         problems.append(f"{where}: 'bbox' has non-positive size (w={w}, h={h})")
         return
-    if image is None or not _is_number(image.get("width")) or not _is_number(image.get("height")):
+    if not known:
         return
-    width, height = image["width"], image["height"]
-    outside = x < -tolerance or y < -tolerance or x + w > width + tolerance
-    outside = outside or y + h > height + tolerance
     if clip:
-        x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
-        x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
-        if x2 - x1 <= 0 or y2 - y1 <= 0:
+        if faults.no_area_inside[0]:
             problems.append(
                 f"{where}: 'bbox' {bbox!r} lies outside the {width}x{height} image (nothing left "
                 "after clipping)"
             )
             return
+        x1, y1, x2, y2 = (float(v) for v in faults.clipped[0])
         ann["bbox"] = [x1, y1, x2 - x1, y2 - y1]
-    elif outside:
+    elif faults.outside[0]:
         problems.append(
             f"{where}: 'bbox' {bbox!r} extends outside the {width}x{height} image by more than "
             f"{tolerance} px (use --clip, or clip=True, to clip it)"

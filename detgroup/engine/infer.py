@@ -53,7 +53,8 @@ from detgroup.data.box_files import parse_box_list, read_box_file, read_csv_text
 from detgroup.data.coco_groups import CocoGroups, load_coco_groups, read_json
 from detgroup.data.images import read_image_rgb
 from detgroup.errors import DetgroupError
-from detgroup.inference import Grouper, GroupResult, check_boxes
+from detgroup.inference import Grouper, GroupResult
+from detgroup.ops.boxes import check_boxes
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,111 @@
-"""Box geometry: per-box encodings and pairwise relations, batched with padding.
+"""Box geometry: the one box validator, per-box encodings and pairwise relations, batched with
+padding.
 
 All boxes are ``(x1, y1, x2, y2)`` in absolute pixels.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor
+
+from detgroup.errors import DetgroupError
 
 BOX_FEATURES = 9
 PAIR_FEATURES = 7
 SYM_PAIR_FEATURES = 6
 _EPS = 1e-3
+
+
+@dataclass(frozen=True)
+class BoxFaults:
+    """What is wrong with each of N boxes (xyxy px) in a ``width`` x ``height`` image.
+
+    ``non_finite``, ``inverted`` (x2 < x1 or y2 < y1), ``empty`` (x2 <= x1 or y2 <= y1),
+    ``no_area_inside`` (nothing left after clipping to the image) and ``outside`` (more than
+    ``tolerance`` px outside the image) are bool [N]; ``clipped`` [N, 4] holds the boxes clipped
+    to the image, in the boxes' dtype.
+    """
+
+    non_finite: np.ndarray
+    inverted: np.ndarray
+    empty: np.ndarray
+    no_area_inside: np.ndarray
+    outside: np.ndarray
+    clipped: np.ndarray
+
+
+def box_faults(boxes: np.ndarray, height: float, width: float, *,
+               tolerance: float = 1.0) -> BoxFaults:
+    """The box rule of every box source (COCO files, box files, the API, overlays): boxes
+    [N, 4] xyxy px against a ``width`` x ``height`` image (``math.inf`` for no image).
+
+    A box may extend up to ``tolerance`` px outside the image; the callers decide which faults
+    are errors and word them (:func:`check_boxes` raises on the first).
+    """
+    with np.errstate(invalid="ignore"):
+        non_finite = ~np.isfinite(boxes).all(axis=1)
+        inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+        empty = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+        clipped = boxes.copy()
+        clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
+        clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
+        no_area = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
+        outside = (np.abs(clipped - boxes) > tolerance).any(axis=1)
+    return BoxFaults(non_finite=non_finite, inverted=inverted, empty=empty,
+                     no_area_inside=no_area, outside=outside, clipped=clipped)
+
+
+def check_boxes(
+    boxes: Any, height: int, width: int, *, source: str = "boxes", clip: bool = False,
+    tolerance: float = 1.0,
+) -> np.ndarray:
+    """Validate user boxes ``[N, 4]`` xyxy px against a ``width`` x ``height`` image.
+
+    The rule of every box source (COCO files too, :func:`box_faults`): a box may extend up to
+    ``tolerance`` px outside the image (it is kept as it is); further out it is an error unless
+    ``clip``, which clips every box to the image. A box with no area inside the image is always
+    an error. Returns float32 [N, 4]; a fault raises :class:`~detgroup.errors.DetgroupError`
+    naming ``source``, the box index and the problem.
+    """
+    try:
+        arr = np.asarray(boxes, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise DetgroupError(f"{source}: boxes must be numbers in an [N, 4] array") from None
+    if arr.size == 0:
+        return np.zeros((0, 4), dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise DetgroupError(f"{source}: boxes must have shape [N, 4], got {list(arr.shape)}")
+    faults = box_faults(arr, height, width, tolerance=tolerance)
+    bad = np.flatnonzero(faults.non_finite)
+    if bad.size:
+        raise DetgroupError(f"{source}: box {bad[0]} has a non-finite coordinate {arr[bad[0]]}")
+    bad = np.flatnonzero(faults.empty)
+    if bad.size:
+        raise DetgroupError(
+            f"{source}: box {bad[0]} {arr[bad[0]].tolist()} is empty or inside out "
+            "(need x1 < x2 and y1 < y2, xyxy pixels)"
+        )
+    bad = np.flatnonzero(faults.no_area_inside)
+    if bad.size:
+        raise DetgroupError(
+            f"{source}: box {bad[0]} {arr[bad[0]].tolist()} has no area inside the image "
+            f"({width}x{height})"
+        )
+    if not clip:
+        out = np.flatnonzero(faults.outside)
+        if out.size:
+            raise DetgroupError(
+                f"{source}: box {out[0]} {arr[out[0]].tolist()} extends outside the "
+                f"{width}x{height} image by more than {tolerance} px (use --clip, or "
+                "clip=True, to clip it)"
+            )
+        return arr
+    return faults.clipped
 
 
 def _signed_log(x: Tensor) -> Tensor:
