@@ -35,271 +35,39 @@ per box, ``attribute_names`` at the top).
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
-import os
 import time
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from detgroup.atomic import atomic_write_json, remove_stale_temp_files
-from detgroup.data.box_files import parse_box_list, read_box_file, read_csv_texts
-from detgroup.data.coco_groups import CocoGroups, load_coco_groups, read_json
+from detgroup.data.box_sources import (
+    IMAGE_SUFFIXES,
+    BoxSource,
+    InputImage,
+    list_images,
+    output_names,
+)
+from detgroup.data.coco_groups import load_coco_groups, write_coco_groups
 from detgroup.data.images import read_image_rgb
 from detgroup.errors import DetgroupError
-from detgroup.inference import Grouper, GroupResult
+from detgroup.inference import Grouper
+from detgroup.model.box_detector import BoxDetector
+from detgroup.model.postprocess import Prediction
 from detgroup.ops.boxes import check_boxes
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+Detector = BoxDetector  # the name before detgroup/model/box_detector.py
+__all__ = ["IMAGE_SUFFIXES", "BoxSource", "Detector", "InputImage", "draw_annotations",
+           "list_images", "output_names", "per_category_groups", "run_inference"]
 
 
-@dataclass
-class InputImage:
-    """One image to group: where it is, its relative file name, and its id."""
-
-    path: Path
-    name: str  # relative file name, posix separators (COCO's ``file_name``)
-    image_id: int
-
-
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-
-
-def list_images(spec: str | Path) -> list[tuple[Path, str]]:
-    """An image file, a folder (its images, subfolders included, sorted) or a glob pattern →
-    (path, name relative to the folder / the glob's common folder) of each image."""
-    path = Path(spec)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if _is_image(p))
-        named = [(p, p.relative_to(path).as_posix()) for p in files]
-    elif path.is_file():
-        named = [(path, path.name)]
-    else:
-        files = sorted(Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).is_file())
-        root = Path(os.path.commonpath([str(p.parent) for p in files])) if files else Path()
-        named = [(p, p.relative_to(root).as_posix()) for p in files]
-    if not named:
-        raise DetgroupError(f"{spec}: no images found (give an image, a folder or a glob)")
-    return named
-
-
-def output_names(names: list[str]) -> list[str]:
-    """Unique output names (no suffix, subfolders kept) for relative image file names.
-
-    ``a/x.png`` → ``a/x``; names that would collide keep their suffix (``x.png``, ``x.jpg``);
-    ``..`` and absolute anchors are dropped, so no output leaves its folder.
-    """
-    def safe(name: str) -> PurePosixPath:
-        parts = [p for p in PurePosixPath(name.replace("\\", "/")).parts
-                 if p not in ("..", ".", "/")]
-        return PurePosixPath(*parts) if parts else PurePosixPath("image")
-
-    stems = [str(safe(n).with_suffix("")) for n in names]
-    full = [str(safe(n)) for n in names]
-    counts: dict[str, int] = {}
-    for stem in stems:
-        counts[stem] = counts.get(stem, 0) + 1
-    chosen = [stem if counts[stem] == 1 else f for stem, f in zip(stems, full, strict=True)]
-    seen: dict[str, int] = {}
-    out = []
-    for k, name in enumerate(chosen):
-        if name in seen or chosen.count(name) > 1:
-            name = f"{name}__{k}"
-        seen[name] = k
-        out.append(name)
-    return out
-
-
-def _match_name(name: str, keys: dict[str, Any]) -> str | None:
-    """The key of ``keys`` naming the same file as ``name``: equal, else the one key that is a
-    whole-component suffix of ``name`` or of which ``name`` is one (``x.png`` ~ ``a/x.png``)."""
-    if name in keys:
-        return name
-    parts = PurePosixPath(name).parts
-    hits = []
-    for key in keys:
-        kp = PurePosixPath(key.replace("\\", "/")).parts
-        short, long = (kp, parts) if len(kp) <= len(parts) else (parts, kp)
-        if short and long[-len(short):] == short:
-            hits.append(key)
-    return hits[0] if len(hits) == 1 else None
-
-
-class BoxSource:
-    """Boxes [N, 4] xyxy px for each image, from a COCO file, a mapping file or a folder."""
-
-    def __init__(self, spec: Path, *, clip: bool = False) -> None:
-        self.spec = spec
-        self.coco: CocoGroups | None = None
-        self.mapping: dict[str, Any] | None = None
-        # texts and attributes of the boxes of a COCO file, by image file name
-        self.coco_extras: dict[str, tuple[list[str] | None, np.ndarray | None]] = {}
-        if spec.is_dir():
-            return
-        data = read_json(spec)
-        if isinstance(data, dict) and "images" in data and "annotations" in data:
-            self.coco = load_coco_groups(spec, clip=clip)
-            self.by_name = {info["file_name"]: info for info in self.coco.images}
-        elif isinstance(data, dict):
-            self.mapping = {str(k).replace("\\", "/"): v for k, v in data.items()}
-        else:
-            raise DetgroupError(
-                f"{spec}: expected a COCO JSON or a mapping of image file name to boxes"
-            )
-
-    def category_ids(self, names: list[str]) -> list[int] | None:
-        """COCO ids of the model's categories ``names`` in this source, or None when the
-        source is not COCO or lacks one of the names."""
-        if self.coco is None:
-            return None
-        ids = {c["name"]: int(c["id"]) for c in self.coco.categories}
-        if not all(n in ids for n in names):
-            return None
-        return [ids[n] for n in names]
-
-    def inputs(self, images: str) -> list[InputImage | str]:
-        """The images to group (a failure message for a file the COCO source lacks).
-
-        Every image file found (a folder: with its subfolders) is matched to the COCO image of
-        the same relative ``file_name`` (else of the one ``file_name`` that ends in the file's
-        path, or that the file's relative name ends in); COCO images without a file are not
-        inputs.
-        """
-        found = list_images(images)
-        if self.coco is None:
-            return [InputImage(p, n, k) for k, (p, n) in enumerate(found, start=1)]
-        out: list[InputImage | str] = []
-        for path, name in found:
-            key = _match_name(name, self.by_name) or _match_name(path.as_posix(), self.by_name)
-            if key is None:
-                out.append(f"{self.spec}: no image with file name {name!r} (or several whose "
-                           "file_name ends in it)")
-            else:
-                info = self.by_name[key]
-                out.append(InputImage(path, info["file_name"], int(info["id"])))
-        return out
-
-    def boxes(self, image: InputImage) -> tuple[Any, str]:
-        """(raw boxes xyxy px, where they came from) for one image."""
-        if self.coco is not None:
-            return (self.coco.targets(image.image_id)["boxes"],
-                    f"{self.spec} (image id {image.image_id}, {image.name})")
-        if self.mapping is not None:
-            key = _match_name(image.name, self.mapping)
-            if key is None:
-                raise DetgroupError(f"{self.spec}: no boxes for {image.name!r}")
-            return parse_box_list(self.mapping[key], source=f"{self.spec} ({key})"), \
-                f"{self.spec} ({key})"
-        file = self._box_file(image)
-        if file is None:
-            stem = str(PurePosixPath(image.name).with_suffix(""))
-            raise DetgroupError(f"{self.spec}: no {stem}.json or {stem}.csv box file")
-        return read_box_file(file), str(file)
-
-    def _box_file(self, image: InputImage) -> Path | None:
-        """The per-image box file of ``image`` in the box folder (``.json`` first), or None."""
-        stem = str(PurePosixPath(image.name).with_suffix(""))
-        for suffix in (".json", ".csv"):
-            file = self.spec / f"{stem}{suffix}"
-            if file.is_file():
-                return file
-        return None
-
-    def extras(self, image: InputImage, num_boxes: int) -> tuple[list[str] | None, Any]:
-        """(texts or None, attributes or None) of the boxes of one image; a list whose length
-        is not ``num_boxes`` is a DetgroupError naming its file."""
-        if self.coco is not None:
-            target = self.coco.targets(image.image_id)
-            anns = self.coco.anns_by_image.get(image.image_id, [])
-            return (target["texts"] if any("text" in a for a in anns) else None,
-                    target["attributes"] if self.coco.attribute_names else None)
-        value: Any = None
-        source: Path = self.spec
-        if self.mapping is not None:
-            key = _match_name(image.name, self.mapping)
-            value = None if key is None else self.mapping[key]
-        elif (file := self._box_file(image)) is not None:
-            source = file
-            value = read_json(file) if file.suffix == ".json" else read_csv_texts(file)
-        return _box_extras(value, source, num_boxes)
-
-
-def _box_extras(value: Any, source: Path, num_boxes: int) -> tuple[list[str] | None, Any]:
-    """The ``texts`` and ``attributes`` lists of a per-image box record, checked."""
-    if isinstance(value, list) and value and isinstance(value[0], str):
-        value = {"texts": value}  # the texts column of a CSV
-    if not isinstance(value, dict):
-        return None, None
-    texts, attributes = value.get("texts"), value.get("attributes")
-    if texts is not None:
-        if not isinstance(texts, list):
-            raise DetgroupError(f"{source}: 'texts' must be a list of strings")
-        if len(texts) != num_boxes:
-            raise DetgroupError(f"{source}: 'texts' has {len(texts)} entries for {num_boxes} "
-                                "boxes (one string per box)")
-        bad = [i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)]
-        if bad:
-            raise DetgroupError(f"{source}: 'texts' entry {bad[0]} is not a string: "
-                                f"{texts[bad[0]]!r}")
-    if attributes is not None:
-        if not isinstance(attributes, list) or len(attributes) != num_boxes:
-            count = len(attributes) if isinstance(attributes, list) else "no"
-            raise DetgroupError(f"{source}: 'attributes' has {count} entries for {num_boxes} "
-                                "boxes (one list of numbers per box)")
-    return texts, attributes
-
-
-
-class Detector:
-    """A torchvision Faster R-CNN whose weights come from a local file (never downloaded)."""
-
-    def __init__(self, weights: Path, *, arch: str, score: float, classes: list[int] | None,
-                 device: str) -> None:
-        from torchvision.models import detection
-
-        if not weights.is_file():
-            raise DetgroupError(f"{weights}: detector weights file not found")
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as err:  # corrupt file: torch raises many types
-            raise DetgroupError(f"{weights}: cannot read detector weights ({err})") from None
-        key = "roi_heads.box_predictor.cls_score.weight"
-        if not isinstance(state, dict) or key not in state:
-            raise DetgroupError(f"{weights}: not a torchvision Faster R-CNN state dict")
-        ctor = getattr(detection, arch)
-        model = ctor(weights=None, weights_backbone=None, num_classes=state[key].shape[0])
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise DetgroupError(f"{weights}: weights do not fit {arch} ({str(err)[:200]})") \
-                from None
-        self.model = model.eval().to(device)
-        self.device = device
-        self.score = score
-        self.classes = set(classes) if classes else None
-
-    @torch.no_grad()
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        """pixels [H, W, 3] uint8 RGB → kept boxes [N, 4] xyxy px."""
-        tensor = torch.from_numpy(pixels).permute(2, 0, 1).float().div(255).to(self.device)
-        det = self.model([tensor])[0]
-        keep = det["scores"] >= self.score
-        if self.classes is not None:
-            keep &= torch.tensor([int(c) in self.classes for c in det["labels"]], dtype=torch.bool,
-                                 device=keep.device)
-        return det["boxes"][keep].cpu().numpy()
-
-
-def _record(image: InputImage, pixels: np.ndarray, result: GroupResult,
+def _record(image: InputImage, pixels: np.ndarray, result: Prediction,
             texts: list[str] | None = None, attributes: Any = None) -> dict[str, Any]:
     names = result.category_names
     record = {
@@ -379,9 +147,9 @@ def run_inference(
         else [InputImage(p, n, k) for k, (p, n) in enumerate(list_images(images), start=1)]
     )
     if source is not None:
-        _check_all_extras(source, [i for i in inputs if isinstance(i, InputImage)])
-    det = (Detector(detector, arch=detector_arch, score=detector_score,
-                    classes=detector_classes, device=device) if detector is not None else None)
+        source.check_extras([i for i in inputs if isinstance(i, InputImage)])
+    det = (BoxDetector(detector, arch=detector_arch, score=detector_score,
+                       classes=detector_classes, device=device) if detector is not None else None)
     try:
         for sub in ("per_image", "overlays"):
             (out_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -457,24 +225,15 @@ def run_inference(
     }
 
 
-def _check_all_extras(source: BoxSource, images: list[InputImage]) -> None:
-    """Check the texts / attributes of every image's boxes before anything is written (an image
-    whose boxes cannot be read is left to the main loop, which reports and skips it)."""
-    for image in images:
-        try:
-            raw, _ = source.boxes(image)
-        except DetgroupError:
-            continue
-        source.extras(image, len(raw))
-
-
 def _write_collections(out_dir: Path, records: list[dict[str, Any]], names: list[str],
                        category_ids: list[int] | None = None,
                        attribute_names: list[str] | None = None) -> None:
-    """``results.json`` (COCO results) and ``predictions.json`` (COCO with groups).
+    """``results.json`` (COCO results) and ``predictions.json`` (COCO with groups, through the
+    validating :func:`~detgroup.data.coco_groups.write_coco_groups`).
 
-    ``category_ids[k]`` is the COCO id written for the model's category ``names[k]``
-    (default 1..C).
+    Each box's group id and category id come from the ``groups`` of its per-image record (the
+    group's index, its ``members`` and its category); ``category_ids[k]`` is the COCO id
+    written for the model's category ``names[k]`` (default 1..C).
     """
     ids = category_ids or list(range(1, len(names) + 1))
     id_of = dict(zip(names, ids, strict=True))
@@ -483,21 +242,20 @@ def _write_collections(out_dir: Path, records: list[dict[str, Any]], names: list
     for record in records:
         images.append({"id": record["image_id"], "file_name": record["file_name"],
                        "width": record["width"], "height": record["height"]})
-        group_index = {g["label"]: k for k, g in enumerate(record["groups"])}
-        group_score = {g["label"]: g["score"] for g in record["groups"]}
-        for box in record["boxes"]:
+        group_of = {m: k for k, g in enumerate(record["groups"]) for m in g["members"]}
+        for m, box in enumerate(record["boxes"]):
+            group = record["groups"][group_of[m]]
             x1, y1, x2, y2 = box["box"]
             entry = {
                 "image_id": record["image_id"],
                 "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
-                "category_id": id_of[box["category"]],
+                "category_id": id_of[group["category"]],
                 "score": box["score"],
-                "group_id": group_index[box["group"]],
-                "group_score": group_score[box["group"]],
+                "group_id": group_of[m],
+                "group_score": group["score"],
             }
             results.append(entry)
-            ann = {**entry, "id": len(anns) + 1, "area": entry["bbox"][2] * entry["bbox"][3],
-                   "iscrowd": 0}
+            ann = {**entry, "id": len(anns) + 1}
             for key in ("text", "attributes"):
                 if key in box and (key == "text" or attribute_names):
                     ann[key] = box[key]
@@ -508,7 +266,7 @@ def _write_collections(out_dir: Path, records: list[dict[str, Any]], names: list
                                    "categories": categories}
     if attribute_names and any("attributes" in a for a in anns):
         predictions["attribute_names"] = list(attribute_names)
-    atomic_write_json(out_dir / "predictions.json", predictions)
+    write_coco_groups(out_dir / "predictions.json", predictions)
 
 
 def per_category_groups(categories: np.ndarray, groups: np.ndarray) -> np.ndarray:

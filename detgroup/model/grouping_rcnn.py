@@ -94,7 +94,13 @@ def load_detector_weights(detector: FasterRCNN, path: str | Path, *, backbone: s
             another architecture (named as such, with the keys that do not fit).
     """
     file = Path(path)
-    state = read_state_dict(file, "detector weights")
+    load_detector_state(detector, read_state_dict(file, "detector weights"), file=file,
+                        backbone=backbone)
+
+
+def load_detector_state(detector: FasterRCNN, state: dict[str, Tensor], *, file: str | Path,
+                        backbone: str) -> None:
+    """:func:`load_detector_weights` for a state dict already read from ``file``."""
     own = detector.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
