@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+import benchmark  # tools/ is on the path (pyproject: pytest pythonpath), as for `python tools/X.py`
+import error_analysis
 import numpy as np
 import pytest
+from benchlib.methods import PerBoxOutputs, vote_categories
+from benchlib.scoring import METRICS
 
 from detgroup.engine.checkpoint import load_checkpoint, save_checkpoint
-
-TOOLS = Path(__file__).resolve().parent.parent / "tools"
-sys.path.insert(0, str(TOOLS))
-
-import benchmark  # noqa: E402
-import error_analysis  # noqa: E402
 
 
 def test_vote_gives_each_group_its_most_probable_category() -> None:
@@ -24,8 +21,8 @@ def test_vote_gives_each_group_its_most_probable_category() -> None:
         [0.7, 0.3],  # group 5 alone -> category 0
     ]))
     groups = np.array([0, 0, 0, 5])
-    assert benchmark.vote_categories(logits, groups).tolist() == [1, 1, 1, 0]
-    assert benchmark.vote_categories(np.zeros((0, 2)), np.zeros(0, int)).tolist() == []
+    assert vote_categories(logits, groups).tolist() == [1, 1, 1, 0]
+    assert vote_categories(np.zeros((0, 2)), np.zeros(0, int)).tolist() == []
 
 
 def test_group_fates_tell_category_split_and_merge_errors_apart() -> None:
@@ -69,8 +66,8 @@ def test_benchmark_runs_layout_rules_and_the_model_on_a_tiny_set(tmp_path: Path)
              json.loads((tmp_path / "synth" / "results.json").read_text())["rows"]}
     assert set(again) == {"full", "full_all_pairs"}
     assert "each box's 2 nearest boxes" in again["full"]["setting"]
-    assert {k: again["full_all_pairs"]["metrics"][k] for k in benchmark.METRICS} == {
-        k: by_key["full"]["metrics"][k] for k in benchmark.METRICS}
+    assert {k: again["full_all_pairs"]["metrics"][k] for k in METRICS} == {
+        k: by_key["full"]["metrics"][k] for k in METRICS}
 
 
 def test_benchmark_rejects_unknown_methods() -> None:
@@ -85,7 +82,7 @@ def test_decoder_sweep_scores_every_k_and_the_chain_needs_neighbours() -> None:
     idx = np.arange(n)
     pair = np.where(np.abs(idx[:, None] - idx[None, :]) == 1, 3.0, -1.0)
     np.fill_diagonal(pair, 0.0)
-    im = benchmark.PerBoxOutputs(
+    im = PerBoxOutputs(
         logits=np.zeros((n, 2)), features=np.zeros((n, 4)), centres=np.zeros((n, 2)),
         boxes=np.array([[12.0 * i, 0, 12 * i + 10, 10] for i in range(n)]),
         categories=np.zeros(n, dtype=np.int64), groups=np.zeros(n, dtype=np.int64),

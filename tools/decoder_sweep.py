@@ -11,19 +11,16 @@ each box's k nearest boxes for every k given (0: every pair) and prints one Mark
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
+from benchlib.methods import per_box_outputs
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import per_box_outputs  # noqa: E402
-
-from detgroup.data.dataset import GroupDataset, collate_groups  # noqa: E402
-from detgroup.engine.checkpoint import load_checkpoint  # noqa: E402
-from detgroup.engine.evaluate import PostProcess  # noqa: E402
-from detgroup.metrics import GroupingEvaluator  # noqa: E402
+from detgroup.data.dataset import GroupDataset, collate_groups
+from detgroup.engine.checkpoint import load_checkpoint
+from detgroup.engine.evaluate import PostProcess
+from detgroup.metrics import GroupingEvaluator
 
 COLUMNS = ("exact_group_f1", "group_f1", "group_pq", "ari", "pair_f1", "cat_acc")
 

@@ -28,34 +28,22 @@ from detgroup.data.images import read_image_rgb
 from detgroup.engine.checkpoint import load_model_from_checkpoint
 from detgroup.engine.evaluate import PostProcess, move_batch
 from detgroup.metrics import image_metrics
-from detgroup.visualize import draw_comparison, save_rgb_png
+from detgroup.report import group_fates as report_group_fates
+from detgroup.visualize import compare, draw_comparison, save_rgb_png
 
 
 def group_fates(gt_cat: np.ndarray, gt_grp: np.ndarray, pred_cat: np.ndarray,
                 pred_grp: np.ndarray) -> Counter[str]:
-    """For every true group [N labels]: ``exact`` (same members, same category),
-    ``wrong category`` (same members), ``split`` (its members are spread over several predicted
-    groups that hold nothing else), ``merged`` (one predicted group holds all of it and more),
-    ``split + merged`` (both)."""
+    """For every true group [N labels], as counted from :func:`detgroup.report.group_fates`:
+    ``exact`` (same members, same category), ``wrong category`` (same members), ``split`` (its
+    members are spread over several predicted groups that hold nothing else), ``merged`` (one
+    predicted group holds all of it and more), ``split + merged`` (both)."""
+    comparison = compare(np.zeros((len(gt_cat), 4)), gt_cat, gt_grp, pred_cat, pred_grp)
     fates: Counter[str] = Counter()
-    true_ids = np.unique(np.stack([gt_cat, gt_grp], 1), axis=0, return_inverse=True)[1].ravel()
-    pred_ids = np.unique(np.stack([pred_cat, pred_grp], 1), axis=0,
-                         return_inverse=True)[1].ravel()
-    # membership only (categories of the prediction ignored) to tell category errors apart
-    part_ids = np.unique(pred_grp * (pred_cat.max(initial=0) + 1) + pred_cat,
-                         return_inverse=True)[1].ravel()
-    for t in np.unique(true_ids):
-        members = true_ids == t
-        preds = np.unique(pred_ids[members])
-        if len(preds) == 1 and (pred_ids == preds[0]).sum() == members.sum():
-            same_cat = pred_cat[members][0] == gt_cat[members][0]
-            fates["exact" if same_cat else "wrong category"] += 1
-            continue
-        split = len(np.unique(part_ids[members])) > 1
-        merged = any((part_ids == p).sum() > (part_ids[members] == p).sum()
-                     for p in np.unique(part_ids[members]))
+    for fate in report_group_fates(comparison, gt_cat, pred_cat):
+        split, merged = fate.split_into > 1, bool(fate.merged_with)
         if not split and not merged:
-            fates["mixed categories"] += 1  # one group, but its words got different categories
+            fates["wrong category" if fate.category_wrong else "exact"] += 1
         else:
             fates["split + merged" if split and merged else "split" if split else "merged"] += 1
     return fates

@@ -21,21 +21,18 @@ metrics of :class:`detgroup.metrics.GroupingEvaluator` (with ``--unscored-catego
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from benchlib.methods import per_box_outputs, vote_categories
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import per_box_outputs, vote_categories  # noqa: E402
-
-from detgroup.baselines import LineLinker  # noqa: E402
-from detgroup.data.dataset import GroupDataset, collate_groups  # noqa: E402
-from detgroup.engine.checkpoint import checkpoint_config, load_checkpoint  # noqa: E402
-from detgroup.engine.evaluate import PostProcess  # noqa: E402
-from detgroup.metrics import GroupingEvaluator, image_metrics  # noqa: E402
+from detgroup.baselines import LineLinker
+from detgroup.data.dataset import GroupDataset, collate_groups
+from detgroup.engine.checkpoint import checkpoint_config, load_checkpoint
+from detgroup.engine.evaluate import PostProcess
+from detgroup.metrics import GroupingEvaluator, image_metrics
 
 SUMMARY_KEYS = ("cat_acc", "cat_macro_f1", "ari", "exact_group_f1", "agnostic_exact_group_f1",
                 "entity_f1", "group_pq")
