@@ -7,25 +7,80 @@ The defaults are the recipe for the built-in synthetic set. A YAML file only ove
 
 from __future__ import annotations
 
+import dataclasses
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from detgroup.data.synth import SynthConfig
 from detgroup.errors import DetgroupError
 
-BACKBONES = ("small", "resnet18", "resnet34", "resnet50", "none")  # none: geometry + items only
-FUSIONS = ("sum", "concat")
-DETECTOR_BACKBONES = ("resnet50_fpn", "mobilenet_v3_large_fpn")
-PAIR_LOSSES = ("bce", "kcl", "mcl", "ae")
-DECODERS = ("gaec-kl", "average", "components", "exact")
-CONSISTENCY = ("joint", "forbid")
+# The choices of a key are its Literal type: OmegaConf refuses any other value itself.
+Backbone = Literal["small", "resnet18", "resnet34", "resnet50", "none"]  # none: no pixels
+Fusion = Literal["sum", "concat"]
+DetectorBackbone = Literal["resnet50_fpn", "mobilenet_v3_large_fpn"]
+PairLoss = Literal["bce", "kcl", "mcl", "ae"]
+PairBalance = Literal["pairs", "groups"]
+DecoderMethod = Literal["gaec-kl", "average", "components", "exact"]
+Consistency = Literal["joint", "forbid"]
+PairCandidateMode = Literal["dense", "sparse", "auto"]
+TrainDevice = Literal["auto", "cpu", "cuda"]
 # the val metrics training logs after each evaluation; train.select_by picks best.pt by one
-VAL_METRICS = ("cat_acc", "ari", "pair_f1", "exact_group_f1", "group_pq")
+ValMetric = Literal["cat_acc", "ari", "pair_f1", "exact_group_f1", "group_pq"]
+
+BACKBONES = get_args(Backbone)
+FUSIONS = get_args(Fusion)
+DETECTOR_BACKBONES = get_args(DetectorBackbone)
+PAIR_LOSSES = get_args(PairLoss)
+DECODERS = get_args(DecoderMethod)
+CONSISTENCY = get_args(Consistency)
+PAIR_CANDIDATE_MODES = get_args(PairCandidateMode)
+VAL_METRICS = get_args(ValMetric)
+
+
+@dataclass
+class SynthConfig:
+    """Knobs of the synthetic set. Sizes are fractions of ``image_size`` unless named ``_px``.
+
+    ``min_size``/``max_size``: range of the per-image body length (animals vary +-10 % around
+    it; a crowded image shrinks it). ``lone_prob``: probability that a group is a lone animal;
+    other groups have ``min_members..max_members`` animals. ``ambiguous_fraction``: probability
+    that an animal is drawn with the category-independent middle shape (every group keeps one
+    clear member). ``clutter``: number of unannotated background objects per image.
+    ``box_jitter``: std of the ground-truth box side noise as a fraction of the box size.
+    ``group_spread``: std of member offsets around the group centre, times sqrt(group size).
+    ``max_overlap``: largest intersection of two boxes over the smaller box's area.
+    ``tiles``: big scenes for measuring quality at scale: each image is a ``tiles`` x ``tiles``
+    grid of independently drawn scenes of ``image_size`` px (``tiles`` x ``image_size`` px
+    square, about ``tiles``² times the groups and boxes); groups never cross tiles.
+    """
+
+    image_size: int = 256
+    categories: list[str] = field(default_factory=lambda: ["cat", "dog"])
+    num_train: int = 1000
+    num_val: int = 200
+    min_groups: int = 1
+    max_groups: int = 6
+    min_members: int = 2
+    max_members: int = 8
+    lone_prob: float = 0.15
+    ambiguous_fraction: float = 0.4
+    clutter: int = 8
+    box_jitter: float = 0.04
+    group_spread: float = 0.045
+    min_size: float = 0.07
+    max_size: float = 0.11
+    max_overlap: float = 0.3
+    seed: int = 0
+    tiles: int = 1
+    # > 0: every box gets a "text", its category's name with each letter replaced by a random
+    # one with this probability (a noisy OCR word tied to the category; drawn from a separate
+    # generator, so the scenes stay the same); 0: no texts
+    text_noise: float = 0.0
 
 
 @dataclass
@@ -60,7 +115,7 @@ class BackboneConfig:
     text and attributes (``model.text``, ``model.attributes``), and images are never read.
     """
 
-    name: str = "small"
+    name: Backbone = "small"
     weights: str | None = None
     frozen: bool = False
     width: int = 32  # channels of the small convnet at stride 4 (ResNets ignore it)
@@ -75,9 +130,6 @@ class RelationConfig:
     heads: int = 4
     ffn_mult: int = 4
     dropout: float = 0.0
-
-
-PAIR_CANDIDATE_MODES = ("dense", "sparse", "auto")
 
 
 @dataclass
@@ -95,7 +147,7 @@ class PairCandidatesConfig:
     computed ``block`` rows at a time.
     """
 
-    mode: str = "dense"
+    mode: PairCandidateMode = "dense"
     auto_min_boxes: int = 1000
     gap_k: int = 8
     embed_k: int = 8
@@ -116,7 +168,7 @@ class DetectorConfig:
     predictor is replaced when its number of classes differs); random init without one.
     """
 
-    backbone: str | None = None
+    backbone: DetectorBackbone | None = None
     weights: str | None = None
     min_size: int = 800  # the detector resizes each image so its shorter side is this (px)
     max_size: int = 1333  # ... and its longer side at most this
@@ -161,7 +213,6 @@ class ModelConfig:
     dim: int = 128
     roi_size: int = 7  # RoIAlign bins down a box (and across it when roi_width is 0)
     # bins across a box; 0: roi_size (square). For boxes much wider than tall, such as words
-    # (on FUNSD a 4 x 16 grid scored like 7 x 7: BENCHMARKS.md, v5)
     roi_width: int = 0
     # > 0: a second RoI grid on each box grown by roi_context x its height on every side (the
     # rules, frames and blanks around a word), concatenated to the box's own; 0: the box only
@@ -178,15 +229,15 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     attributes: AttributesConfig = field(default_factory=AttributesConfig)
     # how the text and attribute tokens join the box token: sum, or concat + linear
-    fusion: str = "sum"
+    fusion: Fusion = "sum"
 
 
 @dataclass
 class LossConfig:
-    pair: str = "bce"  # bce | kcl | mcl | ae
+    pair: PairLoss = "bce"  # the pair loss: balanced BCE, KCL, MCL or associative embedding
     # bce/mcl: "pairs" (every pair weighs the same) or "groups" (every group and every pair of
     # groups counts once, so small groups count as much as big ones; see detgroup.losses)
-    pair_balance: str = "pairs"
+    pair_balance: PairBalance = "pairs"
     cls_weight: float = 1.0
     pair_weight: float = 1.0
     detection_weight: float = 1.0  # each torchvision Faster R-CNN loss (with model.detector)
@@ -196,19 +247,19 @@ class LossConfig:
 
 @dataclass
 class DecoderConfig:
-    method: str = "gaec-kl"
-    consistency: str = "joint"
-    # added to the pair logits before decoding. The balanced pair BCE gives positives and
-    # negatives equal weight, which shifts its logits by log(#negative / #positive pairs); the
-    # decoder wants calibrated log-odds, so a set with many small groups over-merges at 0.
+    method: DecoderMethod = "gaec-kl"  # the partition decoder (detgroup.decoder)
+    # joint: a group's category from its members' summed log-probabilities; forbid: boxes of
+    # different predicted categories cannot link
+    consistency: Consistency = "joint"
+    # added to the pair logits before decoding (the balanced pair BCE shifts its logits by
+    # log(#negative / #positive pairs); the decoder wants calibrated log-odds)
     pair_bias: float = 0.0
     # at train start, set pair_bias to -log(#negative / #positive pairs) of the training set
     # (logit adjustment, Menon et al. 2021) when the pair loss is the balanced "bce"
     calibrate: bool = False
     # 0: decode on every pair of boxes. k > 0: only on the pairs among each box's k nearest
     # boxes (detgroup.decoder.neighbor_edges; other pairs neutral), so groups grow through
-    # chains of neighbours. For layouts (FUNSD) where the pair head is sure about neighbours
-    # but not about the far members of a paragraph; wrong where position says nothing (Omniglot).
+    # chains of neighbours
     neighbors: int = 0
 
 
@@ -220,12 +271,11 @@ class TrainConfig:
     warmup_steps: int = 100
     clip_grad: float = 1.0
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: TrainDevice = "auto"  # auto: CUDA when present
     amp: bool = True  # only on CUDA
     eval_every: int = 1  # epochs
-    # the val metric that picks best.pt (and so model.pt), one of VAL_METRICS; on sets of many
-    # small groups ARI and the per-group metrics disagree
-    select_by: str = "ari"
+    # the val metric that picks best.pt (and so model.pt)
+    select_by: ValMetric = "ari"
     save_every_steps: int = 0  # 0: at the end of every epoch only
     max_val_images: int = 0  # 0: the whole val set
     tensorboard: bool = False
@@ -249,9 +299,6 @@ class Config:
 
 def _check(cfg: Config) -> None:
     checks: list[tuple[bool, str]] = [
-        (cfg.model.backbone.name in BACKBONES, f"model.backbone.name must be one of {BACKBONES}"),
-        (cfg.model.detector.backbone in (None, *DETECTOR_BACKBONES),
-         f"model.detector.backbone must be null or one of {DETECTOR_BACKBONES}"),
         (cfg.model.detector.min_size >= 32 and cfg.model.detector.max_size
          >= cfg.model.detector.min_size,
          "model.detector.min_size must be >= 32 and max_size >= min_size"),
@@ -269,18 +316,9 @@ def _check(cfg: Config) -> None:
         (cfg.model.detector.proposal_tokens >= 0, "model.detector.proposal_tokens must be >= 0"),
         (0.0 < cfg.model.detector.proposal_iou <= 1.0,
          "model.detector.proposal_iou must be in (0, 1]"),
-        (cfg.loss.pair in PAIR_LOSSES, f"loss.pair must be one of {PAIR_LOSSES}"),
-        (cfg.loss.pair_balance in ("pairs", "groups"), "loss.pair_balance must be pairs or groups"),
-        (cfg.decoder.method in DECODERS, f"decoder.method must be one of {DECODERS}"),
-        (cfg.decoder.consistency in CONSISTENCY,
-         f"decoder.consistency must be one of {CONSISTENCY}"),
         (cfg.decoder.neighbors >= 0, "decoder.neighbors must be >= 0 (0: every pair)"),
         (cfg.decoder.neighbors == 0 or cfg.decoder.method != "exact",
          "decoder.method exact decodes every pair; use decoder.neighbors: 0 with it"),
-        (cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
-        (cfg.train.select_by in VAL_METRICS,
-         f"train.select_by must be one of {VAL_METRICS}"),
-        (cfg.model.fusion in FUSIONS, f"model.fusion must be one of {FUSIONS}"),
         (cfg.model.text.buckets >= 1, "model.text.buckets must be >= 1"),
         (cfg.model.text.embed_dim >= 1, "model.text.embed_dim must be >= 1"),
         (cfg.model.attributes.hidden >= 1, "model.attributes.hidden must be >= 1"),
@@ -351,11 +389,9 @@ def _read_yaml(path: Path) -> DictConfig:
 def _candidate_checks(cfg: Config) -> list[tuple[bool, str]]:
     pc = cfg.model.pair_candidates
     key = "model.pair_candidates"
-    checks = [(pc.mode in PAIR_CANDIDATE_MODES,
-               f"{key}.mode must be one of {PAIR_CANDIDATE_MODES}")]
     if pc.mode == "dense":
-        return checks
-    return checks + [
+        return []
+    return [
         (pc.gap_k >= 0 and pc.embed_k >= 0, f"{key}.gap_k and embed_k must be >= 0"),
         (pc.gap_k + pc.embed_k >= 1,
          f"{key}: gap_k + embed_k must be >= 1 (k = 0 for both leaves no candidate pair)"),
@@ -370,6 +406,39 @@ def _candidate_checks(cfg: Config) -> list[tuple[bool, str]]:
         (cfg.model.detector.backbone is None,
          f"{key}: not available with model.detector (the detecting model scores every pair)"),
     ]
+
+
+def _choices(full_key: str) -> tuple[Any, ...] | None:
+    """The allowed values of a ``Literal`` key of the schema (None included for an optional
+    one), or None when the key has no fixed choices."""
+    kind: Any = Config
+    for part in full_key.split("."):
+        if not (isinstance(kind, type) and dataclasses.is_dataclass(kind)):
+            return None
+        kind = get_type_hints(kind).get(part)
+    if get_origin(kind) in (Union, types.UnionType):
+        options = [a for a in get_args(kind) if a is not type(None)]
+        if len(options) != 1 or get_origin(options[0]) is not Literal:
+            return None
+        return (None, *get_args(options[0]))
+    return get_args(kind) if get_origin(kind) is Literal else None
+
+
+def _omegaconf_problem(err: OmegaConfBaseException) -> str:
+    """One line for OmegaConf's refusal: the key, and its allowed values when it has choices."""
+    key = getattr(err, "full_key", None)
+    first_line = str(err).splitlines()[0]
+    choices = _choices(key) if key else None
+    if choices is None:
+        return f"config key {key!r}: {first_line}" if key else f"config: {first_line}"
+    value = getattr(err, "value", None)
+    got = f", got {value!r}" if value is not None else ""
+    named = tuple(c for c in choices if c is not None)
+    if None in choices:
+        allowed = f"null or one of {named}"
+    else:
+        allowed = " or ".join(named) if len(named) == 2 else f"one of {named}"
+    return f"config: {key} must be {allowed}{got}"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -391,10 +460,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         result = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
         where = f"{path}: " if path is not None else ""
-        key = getattr(err, "full_key", None)
-        first_line = str(err).splitlines()[0]
-        what = f"config key {key!r}" if key else "config"
-        raise DetgroupError(f"{where}{what}: {first_line}") from None
+        raise DetgroupError(f"{where}{_omegaconf_problem(err)}") from None
     assert isinstance(result, Config)
     _check(result)
     return result
@@ -406,7 +472,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
         cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data))
         result = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
-        raise DetgroupError(f"config key {getattr(err, 'full_key', None)!r}: {err}") from None
+        raise DetgroupError(_omegaconf_problem(err)) from None
     assert isinstance(result, Config)
     _check(result)
     return result

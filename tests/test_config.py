@@ -68,3 +68,26 @@ def test_dict_round_trip() -> None:
 def test_shipped_recipes_load() -> None:
     for path in sorted(Path(__file__).parents[1].glob("configs/*.yaml")):
         load_config(path)
+
+
+def test_choices_are_refused_by_the_schema_with_their_allowed_values(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  detector:\n    backbone: resnet9000\n")
+    with pytest.raises(DetgroupError) as err:
+        load_config(path)
+    assert str(err.value) == (f"{path}: config: model.detector.backbone must be null or one of "
+                              "('resnet50_fpn', 'mobilenet_v3_large_fpn'), got 'resnet9000'")
+    data = config_to_dict(load_config())
+    data["model"]["fusion"] = "product"  # e.g. a checkpoint written by another version
+    with pytest.raises(DetgroupError, match=r"^config: model.fusion must be sum or concat, got "
+                                            r"'product'$"):
+        config_from_dict(data)
+
+
+def test_config_import_does_not_load_opencv() -> None:
+    import subprocess
+    import sys
+
+    code = "import detgroup.config, sys; assert 'cv2' not in sys.modules, 'cv2 imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from detgroup.atomic import atomic_write_bytes
+from detgroup.config import SynthConfig  # the schema; re-exported here
 from detgroup.data.coco_groups import write_coco_groups
 from detgroup.errors import DetgroupError
 
@@ -74,47 +75,6 @@ FUR_NOISE = 7.0  # per-animal RGB noise around the group's fur colour
 
 BOX_AREA_PER_L2 = 1.7  # box area of an animal ~ 1.7 L^2 for body length L
 CROWDING = 0.35  # animals' boxes cover at most about this fraction of the image
-
-
-@dataclass
-class SynthConfig:
-    """Knobs of the synthetic set. Sizes are fractions of ``image_size`` unless named ``_px``.
-
-    ``min_size``/``max_size``: range of the per-image body length (animals vary +-10 % around
-    it; a crowded image shrinks it). ``lone_prob``: probability that a group is a lone animal;
-    other groups have ``min_members..max_members`` animals. ``ambiguous_fraction``: probability
-    that an animal is drawn with the category-independent middle shape (every group keeps one
-    clear member). ``clutter``: number of unannotated background objects per image.
-    ``box_jitter``: std of the ground-truth box side noise as a fraction of the box size.
-    ``group_spread``: std of member offsets around the group centre, times sqrt(group size).
-    ``max_overlap``: largest intersection of two boxes over the smaller box's area.
-    ``tiles``: big scenes for measuring quality at scale: each image is a ``tiles`` x ``tiles``
-    grid of independently drawn scenes of ``image_size`` px (``tiles`` x ``image_size`` px
-    square, about ``tiles``² times the groups and boxes); groups never cross tiles.
-    """
-
-    image_size: int = 256
-    categories: list[str] = field(default_factory=lambda: ["cat", "dog"])
-    num_train: int = 1000
-    num_val: int = 200
-    min_groups: int = 1
-    max_groups: int = 6
-    min_members: int = 2
-    max_members: int = 8
-    lone_prob: float = 0.15
-    ambiguous_fraction: float = 0.4
-    clutter: int = 8
-    box_jitter: float = 0.04
-    group_spread: float = 0.045
-    min_size: float = 0.07
-    max_size: float = 0.11
-    max_overlap: float = 0.3
-    seed: int = 0
-    tiles: int = 1
-    # > 0: every box gets a "text", its category's name with each letter replaced by a random
-    # one with this probability (a noisy OCR word tied to the category; drawn from a separate
-    # generator, so the scenes stay the same); 0: no texts
-    text_noise: float = 0.0
 
 
 def check_config(cfg: SynthConfig) -> None:
