@@ -32,6 +32,7 @@ same-group partner per box, so that members of a group are near in the embedding
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -182,7 +183,13 @@ class GroupCriterion(nn.Module):
         embed_weight: float = 0.0,
     ) -> None:
         super().__init__()
-        if pair_loss not in ("bce", "mcl", "kcl", "ae"):
+        # the pair losses by name (DETR's loss_map); MCL is BCE on logit(p_i · p_j), which is
+        # what the assignment head reports as its pair logits
+        self.loss_map: dict[str, Callable[..., Tensor]] = {
+            "bce": self._pair_bce, "mcl": self._pair_bce, "kcl": self._pair_kcl,
+            "ae": self._pair_ae,
+        }
+        if pair_loss not in self.loss_map:
             raise ValueError(f"unknown pair loss {pair_loss!r}")
         if pair_balance not in ("pairs", "groups"):
             raise ValueError(f"unknown pair balance {pair_balance!r}")
@@ -214,21 +221,30 @@ class GroupCriterion(nn.Module):
         target, valid = pair_targets(targets["groups"], pad_mask, known)
         if not valid.any():
             loss_pair = outputs["pred_affinity"].sum() * 0.0
-        elif self.pair_loss == "bce" or self.pair_loss == "mcl":
-            # MCL is BCE on logit(p_i · p_j), which is what the assignment head reports.
-            weights = (group_pair_weights(target, valid) if self.pair_balance == "groups"
-                       else None)
-            loss_pair = balanced_bce(outputs["pred_affinity"].float(), target, valid, weights)
-        elif self.pair_loss == "kcl":
-            loss_pair = self._kcl(outputs["pred_assign"].float(), target, valid)
         else:
-            # boxes of unknown group take no part in the pull or the push
-            unlabelled = pad_mask if known is None else pad_mask | ~known
-            loss_pair = self._ae(outputs["pred_embed"].float(), targets["groups"], unlabelled)
+            loss_pair = self.loss_map[self.pair_loss](outputs, targets, target, valid)
         losses = {"loss_cls": loss_cls, "loss_pair": loss_pair}
         if "loss_embed" in self.weight_dict:  # a dense batch of a model with candidates
             losses["loss_embed"] = loss_cls * 0.0
         return losses
+
+    def _pair_bce(self, outputs: dict[str, Tensor], targets: dict[str, Tensor], target: Tensor,
+                  valid: Tensor) -> Tensor:
+        """Balanced BCE on ``pred_affinity`` [B, N, N] (``bce``, and ``mcl``)."""
+        weights = (group_pair_weights(target, valid) if self.pair_balance == "groups"
+                   else None)
+        return balanced_bce(outputs["pred_affinity"].float(), target, valid, weights)
+
+    def _pair_kcl(self, outputs: dict[str, Tensor], targets: dict[str, Tensor], target: Tensor,
+                  valid: Tensor) -> Tensor:
+        return self._kcl(outputs["pred_assign"].float(), target, valid)
+
+    def _pair_ae(self, outputs: dict[str, Tensor], targets: dict[str, Tensor], target: Tensor,
+                 valid: Tensor) -> Tensor:
+        # boxes of unknown group take no part in the pull or the push
+        pad_mask, known = outputs["pad_mask"], targets.get("group_known")
+        unlabelled = pad_mask if known is None else pad_mask | ~known
+        return self._ae(outputs["pred_embed"].float(), targets["groups"], unlabelled)
 
     def _edge_losses(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]
                      ) -> dict[str, Tensor]:
