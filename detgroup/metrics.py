@@ -107,7 +107,11 @@ def _f1(precision: float, recall: float) -> float:
 
 
 def _num_pairs(sizes: np.ndarray) -> int:
-    """Σ C(n, 2) over ``sizes``: the number of same-group pairs."""
+    """Σ C(n, 2) over ``sizes``: the number of same-group pairs.
+
+    Kept by hand: the counts equal sklearn's ``pair_confusion_matrix`` (tests/test_metrics.py)
+    at a small fraction of its cost per image (BENCHMARKS.md, "Metrics by hand").
+    """
     sizes = sizes.astype(np.int64)
     return int((sizes * (sizes - 1) // 2).sum())
 
@@ -115,7 +119,9 @@ def _num_pairs(sizes: np.ndarray) -> int:
 def _macro_f1(confusion: np.ndarray) -> float:
     """Macro F1 of a [C, C] confusion matrix (rows: true, columns: predicted).
 
-    A class absent from both the truth and the prediction scores 1.0.
+    A class absent from both the truth and the prediction scores 1.0. Kept by hand: equal to
+    sklearn's ``f1_score(average="macro", zero_division=1.0)`` (tests/test_metrics.py) at a small
+    fraction of its cost per image (BENCHMARKS.md, "Metrics by hand").
     """
     tp = np.diag(confusion).astype(np.float64)
     fp = confusion.sum(axis=0) - tp

@@ -701,3 +701,29 @@ def test_entity_f1_pooled_and_other_predicted_as_entity() -> None:
     # categories ignored, images 2 and 3 are exact: 3 + 1 + 1 of 7 predicted and 6 true groups
     assert s["agnostic_exact_group_precision"] == pytest.approx(5 / 7)
     assert s["agnostic_exact_group_recall"] == pytest.approx(5 / 6)
+
+
+def test_hand_written_counts_equal_scikit_learn_on_random_labels() -> None:
+    """Macro F1 and the pair counts are kept by hand for speed; they must equal sklearn's."""
+    from sklearn.metrics.cluster import pair_confusion_matrix
+
+    rng = np.random.default_rng(0)
+    evaluator = GroupingEvaluator(num_classes=6)
+    all_gt, all_pred = [], []
+    for _ in range(200):
+        n = int(rng.integers(1, 40))
+        gt_cat, pred_cat = rng.integers(0, 4, n), rng.integers(0, 4, n)
+        gt_grp, pred_grp = rng.integers(0, 5, n), rng.integers(0, 5, n)
+        m = image_metrics(gt_cat, gt_grp, pred_cat, pred_grp)
+        assert m["cat_macro_f1"] == f1_score(gt_cat, pred_cat, average="macro")
+        # ordered pairs, so each unordered pair counts twice
+        pairs = pair_confusion_matrix(gt_cat * 5 + gt_grp, pred_cat * 5 + pred_grp) // 2
+        assert (m["pair_tp"], m["pair_true"], m["pair_pred"]) == (
+            pairs[1, 1], pairs[1, 1] + pairs[1, 0], pairs[1, 1] + pairs[0, 1])
+        evaluator.update(gt_cat, gt_grp, pred_cat, pred_grp)
+        all_gt.append(gt_cat)
+        all_pred.append(pred_cat)
+    # pooled over images, over range(num_classes): classes 4 and 5 never occur and score 1.0
+    pooled = f1_score(np.concatenate(all_gt), np.concatenate(all_pred), labels=range(6),
+                      average="macro", zero_division=1.0)
+    assert evaluator.summary()["cat_macro_f1"] == pytest.approx(pooled, rel=1e-12)

@@ -132,3 +132,29 @@ def test_calibrate_writes_the_train_pair_prior_into_the_checkpoint(tiny_data: Pa
     train(tiny_config(tiny_data, "decoder.calibrate=true", "loss.pair=mcl", "train.epochs=1"),
           out_dir=tmp_path / "mcl", progress=False)
     assert load_model_from_checkpoint(tmp_path / "mcl/model.pt")[1].decoder.pair_bias == 0.0
+
+
+def test_lr_schedule_is_warmup_then_cosine_as_torch_builds_it() -> None:
+    """The closed-form schedule agrees with SequentialLR(LinearLR, CosineAnnealingLR) over the
+    whole training span (it is kept for exactness and for resuming old checkpoints)."""
+    import warnings
+
+    from detgroup.engine.train import _lr_lambda
+
+    warmup, total, lr = 7, 60, 1e-3
+    ours = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    lambda_lr = torch.optim.lr_scheduler.LambdaLR(ours, _lr_lambda(warmup, total))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about the chained schedulers' epoch arg
+        sequential = torch.optim.lr_scheduler.SequentialLR(theirs, [
+            torch.optim.lr_scheduler.LinearLR(theirs, 1 / warmup, 1.0, warmup - 1),
+            torch.optim.lr_scheduler.CosineAnnealingLR(theirs, total - warmup, eta_min=0.01 * lr),
+        ], milestones=[warmup])
+        for _ in range(total):
+            assert ours.param_groups[0]["lr"] == pytest.approx(theirs.param_groups[0]["lr"],
+                                                               rel=1e-9)
+            ours.step()
+            theirs.step()
+            lambda_lr.step()
+            sequential.step()

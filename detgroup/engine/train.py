@@ -105,6 +105,12 @@ def epoch_batches(
 
 
 def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warmup over ``warmup`` steps to 1, then a cosine to 0.01 at step ``total``.
+
+    Kept as a LambdaLR closed form rather than ``SequentialLR(LinearLR, CosineAnnealingLR)``:
+    the library's chained cosine agrees only to rounding (tests/test_train.py), cycles back up
+    past ``total``, and its state would not load from the ``last.pt`` files written so far.
+    """
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
