@@ -10,7 +10,6 @@ from detgroup.decoder import (
     EXACT_MAX_NODES,
     METHODS,
     SPARSE_METHODS,
-    Partition,
     decode,
     decode_sparse,
     neighbor_edges,
@@ -263,7 +262,11 @@ def test_partition_is_decode():
     categories, groups = partition(w, class_logits, method="average")
     np.testing.assert_array_equal(categories, result.categories)
     np.testing.assert_array_equal(groups, result.groups)
-    assert isinstance(result, Partition)
+    # ``cluster`` numbers the (category, group) pairs one to one; group_scores has one per cluster
+    pairs = {(c, g): k for c, g, k in zip(categories.tolist(), groups.tolist(),
+                                           result.cluster.tolist(), strict=True)}
+    assert sorted(pairs.values()) == list(range(len(pairs))) == list(range(len(
+        result.group_scores)))
 
 
 # ---------------------------------------------------------------------------- sizes

@@ -31,7 +31,9 @@ def test_train_writes_checkpoints_log_and_summary(tiny_data: Path, tmp_path: Pat
         assert (tmp_path / name).is_file(), name
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert 0.0 <= float(rows[-1]["val_ari"]) <= 1.0
+    # best.pt (so model.pt) is the epoch of the best val ARI (train.select_by: ari)
+    assert result["best_val_ari"] == pytest.approx(max(float(r["val_ari"]) for r in rows),
+                                                   rel=1e-4)
     model, loaded_cfg = load_model_from_checkpoint(tmp_path / "model.pt")
     assert loaded_cfg.category_names == ["cat", "dog"]
     assert loaded_cfg.model.dim == 32  # the config travels inside the checkpoint
