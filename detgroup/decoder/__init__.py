@@ -60,6 +60,12 @@ nothing to the objective and counts as 0.5 in average linkage. Self loops are ig
 unordered pair listed more than once takes the mean of its logits. Clusters are split into the
 connected pieces of their listed inner edges at the end (this never lowers the objective), so
 every group of two or more boxes has listed inner pairs to score it by.
+The problem falls apart exactly into the connected components of the pairs of positive logit
+(splitting a cluster where no positive pair joins its parts never lowers the objective), which
+are solved in batches of whole components; and Kernighan–Lin exchanges on an edge list skip
+cluster pairs of more than ``KL_MAX_NODES`` (1000) members together, whose sequences cost
+O(M²) (node moves and merges still reach them), so that a graph collapsing into a few huge
+clusters stays fast.
 ``neighbor_edges(boxes, k)`` gives such a list: every box with its k nearest boxes by the gap
 between their edges. Decoding on it keeps only local evidence, which suits pair heads that are
 reliable for neighbouring boxes but not for far-apart members of one long group (a paragraph:

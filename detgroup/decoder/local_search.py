@@ -29,12 +29,14 @@ def best_local_search(
     lp: np.ndarray | None,
     starts: list[np.ndarray],
     pair_sums: Callable[[np.ndarray, int], tuple[np.ndarray, ...]],
+    *,
+    kl_max_nodes: int | None = None,
 ) -> np.ndarray:
     """Local search from every start (labels [N] each) → the result of highest objective
     (the earliest start on a tie)."""
     best, best_value = starts[0], -np.inf
     for start in starts:
-        lab, k = compact(local_search(w, lp, start))
+        lab, k = compact(local_search(w, lp, start, kl_max_nodes=kl_max_nodes))
         value = float(pair_sums(lab, k)[0].sum())
         if lp is not None:
             value += float(cluster_sums(lab, k, lp).max(axis=1).sum())
@@ -44,10 +46,18 @@ def best_local_search(
 
 
 def local_search(
-    w: np.ndarray | sp.csr_matrix, lp: np.ndarray | None, labels: np.ndarray
+    w: np.ndarray | sp.csr_matrix,
+    lp: np.ndarray | None,
+    labels: np.ndarray,
+    *,
+    kl_max_nodes: int | None = None,
 ) -> np.ndarray:
     """Improve labels [N] by node moves, cluster merges and Kernighan–Lin exchanges until no
-    move gains. w is dense [N, N] or sparse symmetric csr [N, N] with zero diagonal."""
+    move gains. w is dense [N, N] or sparse symmetric csr [N, N] with zero diagonal.
+
+    ``kl_max_nodes``: Kernighan–Lin exchanges only for cluster pairs (or splits) of at most
+    this many members together (None: all); the sequence of M members costs O(M²).
+    """
     swept = None  # labels at the start of the last Kernighan–Lin sweep
     while True:
         labels = _move_nodes(w, lp, labels)
@@ -56,7 +66,7 @@ def local_search(
             continue
         dirty = np.ones(labels.size, bool) if swept is None else _changed_nodes(swept, labels)
         swept = labels
-        labels, improved = _kl_exchanges(w, lp, labels, dirty)
+        labels, improved = _kl_exchanges(w, lp, labels, dirty, kl_max_nodes)
         if not improved:
             return labels
 
@@ -126,8 +136,12 @@ def _move_nodes(
     pos_k, pos_i, pos_s = _positive_entries(st)  # positive cluster-to-node sums
     # best summed log-prob of each (cluster + node), kept up to date with the entries
     pos_join = None if lsum is None else max_of_sums(lsum, pos_k, lp, pos_i)
+    w_rows = np.repeat(node, np.diff(w.indptr)) if sp.issparse(w) else None  # [nnz]
     while True:
-        own = np.asarray(st[lab, node]).ravel()  # [N]
+        if w_rows is None:
+            own = st[lab, node]  # [N]
+        else:  # from w itself: indexing the sparse st costs more than a pass over w
+            own = np.bincount(w_rows, w.data * (lab[w_rows] == lab[w.indices]), minlength=n)
         other = pos_k != lab[pos_i]
         cand_k, cand_i, cand_s = pos_k[other], pos_i[other], pos_s[other]
         leave = -own  # [N] gain of leaving the own cluster
@@ -215,7 +229,11 @@ def _changed_nodes(old: np.ndarray, new: np.ndarray) -> np.ndarray:
 
 
 def _kl_exchanges(
-    w: np.ndarray | sp.csr_matrix, lp: np.ndarray | None, labels: np.ndarray, dirty: np.ndarray
+    w: np.ndarray | sp.csr_matrix,
+    lp: np.ndarray | None,
+    labels: np.ndarray,
+    dirty: np.ndarray,
+    max_nodes: int | None = None,
 ) -> tuple[np.ndarray, bool]:
     """One sweep of Kernighan–Lin bipartition updates → (labels, improved).
 
@@ -223,7 +241,8 @@ def _kl_exchanges(
     cluster of two or more against a new empty one (a split). Pairs without a dirty node (no
     member change since their last evaluation) would give the same answer and are skipped. All
     sequences are run from the same state (``_kl_sequences``); the gainful ones that touch
-    disjoint clusters are applied, best first.
+    disjoint clusters are applied, best first. Pairs of more than ``max_nodes`` members
+    together are left out (None: none).
     """
     lab, k = compact(labels)
     member = _membership(lab, k)
@@ -243,6 +262,10 @@ def _kl_exchanges(
         return lab, False
     # members of both clusters of every pair, padded: slot [P, M] -> node, side True in second
     count = size[pairs[:, 0]] + np.where(pairs[:, 1] >= 0, size[np.maximum(pairs[:, 1], 0)], 0)
+    if max_nodes is not None:
+        pairs, count = pairs[count <= max_nodes], count[count <= max_nodes]
+        if pairs.shape[0] == 0:
+            return lab, False
     by_size = np.argsort(count, kind="stable")
     pairs, count = pairs[by_size], count[by_size]
     order = np.argsort(lab, kind="stable")
