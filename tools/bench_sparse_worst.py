@@ -61,8 +61,8 @@ def main() -> None:
     if args.child is not None:
         print(json.dumps(_one(args.child, args.k, args.positive, args.regions, args.classes)))
         return
-    print("| N | pairs | positive | classes | decode s | groups | largest | objective | peak RSS MB "
-          "| load |")
+    print("| N | pairs | positive | classes | decode s | groups | largest | objective "
+          "| peak RSS MB | load |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
         cmd = [sys.executable, __file__, "--child", str(n), "--k", str(args.k),
@@ -71,8 +71,8 @@ def main() -> None:
         row = json.loads(subprocess.run(cmd, check=True, capture_output=True,
                                         text=True).stdout.splitlines()[-1])
         print(f"| {n} | {row['pairs']} | {row['positive']:.2f} | {'3' if args.classes else '-'} "
-              f"| {row['seconds']:.2f} | {row['groups']} | {row['largest']} | {row['objective']:.1f} "
-              f"| {row['peak_mb']:.0f} | {row['load']:.1f} |", flush=True)
+              f"| {row['seconds']:.2f} | {row['groups']} | {row['largest']} "
+              f"| {row['objective']:.1f} | {row['peak_mb']:.0f} | {row['load']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
