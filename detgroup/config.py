@@ -255,7 +255,9 @@ class DecoderConfig:
     # log(#negative / #positive pairs); the decoder wants calibrated log-odds)
     pair_bias: float = 0.0
     # at train start, set pair_bias to -log(#negative / #positive pairs) of the training set
-    # (logit adjustment, Menon et al. 2021) when the pair loss is the balanced "bce"
+    # (logit adjustment, Menon et al. 2021) when the pair loss is the balanced "bce"; with
+    # model.pair_candidates (not "dense") over each box's gap_k nearest boxes, the pairs the
+    # edge loss and the sparse decoder see
     calibrate: bool = False
     # 0: decode on every pair of boxes. k > 0: only on the pairs among each box's k nearest
     # boxes (detgroup.decoder.neighbor_edges; other pairs neutral), so groups grow through

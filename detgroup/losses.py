@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detgroup.ops.candidates import gap_knn, unique_edges
+
 if TYPE_CHECKING:
     from detgroup.config import Config
     from detgroup.data.coco_groups import CocoGroups
@@ -101,10 +103,15 @@ def balanced_bce(logits: Tensor, target: Tensor, valid: Tensor,
     return total / max(parts, 1)
 
 
-def pair_prior_log_odds(coco: CocoGroups) -> float:
+def pair_prior_log_odds(coco: CocoGroups, gap_k: int = 0) -> float:
     """log(#negative / #positive) over the ordered pairs of distinct boxes of every image of
     ``coco``, pooled (what :func:`balanced_bce` shifts the pair logits by); 0.0 when the set has
     no positive or no negative pair.
+
+    ``gap_k`` > 0: only the pairs of the candidate graph's geometric half, each box with its
+    ``gap_k`` nearest boxes by the gap between box edges, symmetrised
+    (:func:`detgroup.ops.candidates.gap_knn`): the pairs the edge loss and ``decode_sparse``
+    see, less the learned-embedding half, which is not known before training.
 
     The same shift holds for the per-group weights of :func:`group_pair_weights` where the
     weights do not depend on what the head sees: the mean weight of the positive pairs is
@@ -114,8 +121,16 @@ def pair_prior_log_odds(coco: CocoGroups) -> float:
     pos = neg = 0
     for info in coco.images:
         target = coco.targets(info["id"])
-        groups = target["groups"][target["group_known"]]  # pairs of unknown boxes do not count
+        known = target["group_known"]
+        groups = target["groups"][known]  # pairs of unknown boxes do not count
         n = len(groups)
+        if gap_k > 0:
+            near = gap_knn(torch.as_tensor(target["boxes"][known], dtype=torch.float32), gap_k)
+            i = torch.arange(n).repeat_interleave(near.shape[1])
+            edges = unique_edges(torch.stack([i, near.reshape(-1)], dim=1), max(n, 1))  # [E, 2]
+            same = int((groups[edges[:, 0].numpy()] == groups[edges[:, 1].numpy()]).sum())
+            pos, neg = pos + 2 * same, neg + 2 * (edges.shape[0] - same)
+            continue
         counts = np.unique(groups, return_counts=True)[1]
         same = int((counts * (counts - 1)).sum())
         pos += same
@@ -125,10 +140,14 @@ def pair_prior_log_odds(coco: CocoGroups) -> float:
 
 def calibrated_pair_bias(cfg: Config, train: CocoGroups) -> float:
     """The decoder's pair-logit bias for ``cfg``: with ``decoder.calibrate`` and the balanced
-    ``bce`` pair loss, -:func:`pair_prior_log_odds` of the training set ``train``; else
+    ``bce`` pair loss, -:func:`pair_prior_log_odds` of the training set ``train`` (over the
+    geometric candidate pairs when ``model.pair_candidates.mode`` is not "dense": the edge loss
+    is balanced over candidate pairs, and the sparse decoder sees only those); else
     ``decoder.pair_bias`` as configured."""
     if cfg.decoder.calibrate and cfg.loss.pair == "bce":
-        return -pair_prior_log_odds(train)
+        candidates = cfg.model.pair_candidates
+        gap_k = candidates.gap_k if candidates.mode != "dense" else 0
+        return -pair_prior_log_odds(train, gap_k=gap_k)
     return cfg.decoder.pair_bias
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 from scipy.special import expit, log_softmax
 
 from detgroup.decoder import (
@@ -550,3 +551,111 @@ def test_partition_takes_the_decoder_settings_of_a_checkpoint() -> None:
         partition(logits, method="exact", boxes=boxes, neighbors=2)
     with pytest.raises(DetgroupError, match="neighbors must be an int >= 0"):
         partition(logits, neighbors=-1)
+
+
+# ---------------------------------------------------------------------------- large sparse graphs
+
+
+def knn_graph(n: int, k: int, seed: int) -> tuple[np.random.Generator, np.ndarray]:
+    """Unique edges [E, 2] (i < j) of the k-nearest-neighbour graph of n random points."""
+    rng = np.random.default_rng(seed)
+    points = rng.uniform(0, 1, (n, 2))
+    nearest = cKDTree(points).query(points, k + 1)[1][:, 1:]  # [N, k]
+    pairs = np.stack([np.repeat(np.arange(n), k), nearest.ravel()], axis=1)
+    return rng, np.unique(np.sort(pairs, axis=1), axis=0)
+
+
+def eager_gaec(n: int, edges: np.ndarray, logits: np.ndarray, lp: np.ndarray | None) -> list:
+    """Greedy additive edge contraction, the plain way: every step scores every adjacent pair
+    of clusters and merges the best while it gains. Returns the merges as member sets."""
+    clusters = [{i} for i in range(n)]
+    weight = {(int(i), int(j)): float(x) for (i, j), x in zip(edges, logits, strict=True)}
+    merges = []
+    while True:
+        owner = {i: c for c, members in enumerate(clusters) for i in members}
+        between: dict[tuple[int, int], float] = {}
+        for (i, j), x in weight.items():
+            a, b = sorted((owner[i], owner[j]))
+            if a != b:
+                between[a, b] = between.get((a, b), 0.0) + x
+        best, pair = 1e-9, None
+        for (a, b), x in sorted(between.items()):
+            if lp is not None:
+                la, lb = lp[list(clusters[a])].sum(0), lp[list(clusters[b])].sum(0)
+                x += (la + lb).max() - la.max() - lb.max()
+            if x > best:
+                best, pair = x, (a, b)
+        if pair is None:
+            return merges
+        a, b = pair
+        clusters[a] |= clusters.pop(b)
+        merges.append(frozenset(clusters[a]))
+
+
+@pytest.mark.parametrize("with_classes", [False, True])
+def test_sparse_gaec_merges_in_the_order_of_an_eager_search(with_classes):
+    # The contraction's heap is lazy (entries keyed by bounds, scored again when popped):
+    # its partition must be the one of scoring every pair at every step.
+    from detgroup.decoder.sparse import gaec_sparse
+
+    for seed in range(3):
+        rng, edges = knn_graph(40, 4, seed)
+        logits = rng.normal(0.5, 2.0, len(edges))
+        lp = log_softmax(rng.normal(0, 2, (40, 3)), axis=1) if with_classes else None
+        merges = eager_gaec(40, edges, logits, lp)
+        labels = gaec_sparse(40, edges[:, 0], edges[:, 1], logits, lp)
+        expected = np.arange(40)
+        for members in merges:
+            expected[list(members)] = min(members)
+        assert same_partition(labels, expected), seed
+
+
+def test_sparse_decodes_components_of_positive_pairs_independently():
+    # More boxes than one batch: the positive-pair components are solved apart, which must
+    # give what each component gives on its own (negative pairs between them are cut).
+    blocks = []
+    for seed in range(6):  # 6 x 400 boxes > BATCH_NODES
+        rng, edges = knn_graph(400, 6, seed)
+        blocks.append((edges, rng.normal(0.3, 2.0, len(edges)), rng.normal(0, 1, (400, 3))))
+    offset = np.arange(6) * 400
+    edges = np.concatenate([e + o for (e, _, _), o in zip(blocks, offset, strict=True)])
+    logits = np.concatenate([x for _, x, _ in blocks])
+    class_logits = np.concatenate([c for _, _, c in blocks])
+    # negative pairs that link the blocks into one graph
+    bridges = np.stack([offset[:-1], offset[1:] + 1], axis=1)
+    edges = np.concatenate([edges, bridges])
+    logits = np.concatenate([logits, np.full(len(bridges), -1.0)])
+    whole = decode_sparse(2400, edges, logits, class_logits)
+    apart = [decode_sparse(400, e, x, c) for e, x, c in blocks]
+    assert whole.objective == pytest.approx(sum(p.objective for p in apart))
+    for part, o in zip(apart, offset, strict=True):
+        assert same_partition(whole.cluster[o : o + 400], part.cluster)
+
+
+def test_sparse_worst_case_graph_of_mostly_positive_pairs():
+    # A few huge clusters (90 % of the k-nearest-neighbour pairs positive): must finish and
+    # give a valid partition whose objective the edge list confirms. The time is measured in
+    # BENCHMARKS.md, not here.
+    n, k = 5000, 16
+    rng = np.random.default_rng(0)
+    points = rng.uniform(0, 2048, (n, 2))
+    nearest = cKDTree(points).query(points, k + 1)[1][:, 1:]  # [N, k]
+    pairs = np.stack([np.repeat(np.arange(n), k), nearest.ravel()], axis=1)
+    edges = np.unique(np.sort(pairs, axis=1), axis=0)
+    positive = rng.random(len(edges)) < 0.9
+    logits = np.where(positive, 1.0, -1.0) * rng.uniform(0.5, 4.0, len(edges))
+    class_logits = rng.normal(0, 1, (n, 3))
+    result = decode_sparse(n, edges, logits, class_logits)
+    assert result.cluster.shape == (n,)
+    assert sorted(set(result.cluster.tolist())) == list(range(result.group_scores.size))
+    assert np.bincount(result.cluster).max() > n // 10  # the graph did collapse
+    inner = result.cluster[edges[:, 0]] == result.cluster[edges[:, 1]]
+    lp = log_softmax(class_logits, axis=1)
+    sums = np.zeros((result.group_scores.size, 3))
+    np.add.at(sums, result.cluster, lp)
+    assert result.objective == pytest.approx(logits[inner].sum() + sums.max(axis=1).sum())
+    for c in np.unique(result.cluster):  # one category per group
+        assert np.unique(result.categories[result.cluster == c]).size == 1
+    # no worse than the connected components of the positive pairs (here: all one group)
+    comp = decode_sparse(n, edges, logits, class_logits, method="components")
+    assert result.objective >= comp.objective - 1e-6

@@ -160,3 +160,28 @@ def test_lr_schedule_is_warmup_then_cosine_as_torch_builds_it() -> None:
             theirs.step()
             lambda_lr.step()
             sequential.step()
+def test_calibrate_with_candidate_pairs_counts_the_geometric_candidates() -> None:
+    # The edge loss is balanced over candidate pairs and decode_sparse sees only those, so the
+    # calibrated bias of a candidate model is the prior among each box's gap_k nearest boxes
+    # (symmetrised), not among all pairs.
+    from detgroup.config import load_config
+    from detgroup.data.coco_groups import from_dict
+    from detgroup.losses import calibrated_pair_bias, pair_prior_log_odds
+
+    # one row of six 10 px boxes with gaps 2, 3, 4, 5, 6; groups {0, 1, 2} and {3, 4, 5}
+    left = [0, 12, 25, 39, 54, 70]
+    coco = from_dict({
+        "images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 20}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "group_id": i // 3,
+                         "bbox": [x, 5, 10, 10], "area": 100, "iscrowd": 0}
+                        for i, x in enumerate(left)],
+    })
+    # nearest of each box: 0-1, 1-0, 2-1, 3-2, 4-3, 5-4 -> pairs 01 12 23 34 45, one across
+    assert pair_prior_log_odds(coco, gap_k=1) == pytest.approx(np.log(1 / 4))
+    assert pair_prior_log_odds(coco) == pytest.approx(np.log(18 / 12))  # every ordered pair
+    sparse = load_config(None, ["decoder.calibrate=true", "model.pair_candidates.mode=sparse",
+                                "model.pair_candidates.gap_k=1"])
+    dense = load_config(None, ["decoder.calibrate=true"])
+    assert calibrated_pair_bias(sparse, coco) == pytest.approx(np.log(4))
+    assert calibrated_pair_bias(dense, coco) == pytest.approx(-np.log(1.5))

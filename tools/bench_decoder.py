@@ -34,7 +34,9 @@ from benchmarks_md import write_section
 from scipy.spatial import cKDTree
 from sklearn.metrics import adjusted_rand_score
 
-from detgroup.decoder import _gaec_dense, _local_search, decode, decode_sparse, objective
+from detgroup.decoder import decode, decode_sparse, objective
+from detgroup.decoder.dense import gaec_dense
+from detgroup.decoder.local_search import local_search
 
 try:
     import bioimage_cpp
@@ -118,8 +120,8 @@ def methods(
         for name in ("gaec-kl", "average", "components")
     }
     if with_ablation:  # gaec-kl's parts: GAEC alone, and local search from GAEC only
-        out["gaec only"] = lambda w: _gaec_dense(w, None)
-        out["gaec + search"] = lambda w: _local_search(w, None, _gaec_dense(w, None))
+        out["gaec only"] = lambda w: gaec_dense(w, None)
+        out["gaec + search"] = lambda w: local_search(w, None, gaec_dense(w, None))
     if bioimage_cpp is not None:
         out["elf gaec"] = lambda w: elf_labels(w, with_kl=False)
         out["elf gaec-kl"] = lambda w: elf_labels(w, with_kl=True)
