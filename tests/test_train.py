@@ -160,6 +160,8 @@ def test_lr_schedule_is_warmup_then_cosine_as_torch_builds_it() -> None:
             theirs.step()
             lambda_lr.step()
             sequential.step()
+
+
 def test_calibrate_with_candidate_pairs_counts_the_geometric_candidates() -> None:
     # The edge loss is balanced over candidate pairs and decode_sparse sees only those, so the
     # calibrated bias of a candidate model is the prior among each box's gap_k nearest boxes
