@@ -33,7 +33,12 @@ from typing import Any
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import DefaultTrainer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils.logger import setup_logger
@@ -51,7 +56,7 @@ from detgroup.integrations.detectron2 import (
 class GroupingTrainer(DefaultTrainer):
     """``DefaultTrainer`` with the grouping mapper, the grouping evaluator and AdamW."""
 
-    optimizer = "adamw"
+    optimizer_name = "adamw"  # or "sgd"
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
@@ -63,7 +68,7 @@ class GroupingTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
-        if cls.optimizer == "sgd":
+        if cls.optimizer_name == "sgd":
             return super().build_optimizer(cfg, model)
         params = get_default_optimizer_params(
             model, base_lr=cfg.SOLVER.BASE_LR, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM)
@@ -82,6 +87,10 @@ def setup(config: str | None, data: Path, out: Path, opts: list[str]) -> CfgNode
     cfg.merge_from_list(opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
+    for name in ("dg_train", "dg_val"):  # a second setup in one process replaces them
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
     train = register_coco_groups_instances("dg_train", data / "train/annotations.json",
                                            data / "train/images")
     register_coco_groups_instances("dg_val", data / "val/annotations.json", data / "val/images")
@@ -126,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    GroupingTrainer.optimizer = args.optimizer
+    GroupingTrainer.optimizer_name = args.optimizer
     try:
         cfg = setup(args.config, args.data, args.out, args.opts)
     except DetgroupError as err:

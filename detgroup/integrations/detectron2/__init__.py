@@ -22,7 +22,7 @@ except ImportError:
     raise ImportError(
         "detgroup.integrations.detectron2 needs detectron2, which is not installed: pip install "
         "-e '.[detectron2]' ../shared/vendor/detectron2/detectron2-0.6-cp311-cp311-linux_x86_64.whl"
-        " (README, 'Install')"
+        " (README, 'Inside detectron2')"
     ) from None
 
 from detgroup.integrations.detectron2.backbone import build_mobilenet_v3_fpn_backbone
