@@ -313,3 +313,27 @@ def test_train_script_trains_evaluates_and_times(d2: Any, tiny_data: Path,
     assert {"cat_ap", "box_ap50", "cat_acc", "group_f1", "group_pq"} <= set(record["val"])
     assert record["ms_per_image"] > 0 and record["train_seconds"] > 0
     assert (tmp_path / "run/model_final.pth").is_file()
+
+
+def test_no_boxes_give_empty_groups_and_zero_group_losses(d2: Any) -> None:
+    from detectron2.structures import Boxes, Instances
+
+    heads = _model(d2).roi_heads
+    features = {"0": torch.randn(1, 32, 4, 4), "1": torch.randn(1, 32, 4, 4),
+                "pool": torch.randn(1, 32, 2, 2)}
+    empty = Instances((128, 128))
+    empty.pred_boxes = Boxes(torch.zeros(0, 4))
+    empty.scores = torch.zeros(0)
+    empty.pred_classes = torch.zeros(0, dtype=torch.int64)
+    (inst,) = heads.eval().forward_with_given_boxes(features, [empty])
+    assert len(inst.pred_groups) == 0 and len(inst.group_scores) == 0
+    background = Instances((128, 128))  # one proposal, background: no token
+    background.proposal_boxes = Boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0]]))
+    background.gt_classes = torch.tensor([2])
+    truth = Instances((128, 128))
+    truth.gt_boxes = Boxes(torch.zeros(0, 4))
+    truth.gt_classes = torch.zeros(0, dtype=torch.int64)
+    truth.gt_groups = torch.zeros(0, dtype=torch.int64)
+    losses = heads.train()._group_losses(features, [background], [truth])
+    assert {k: float(v) for k, v in losses.items()} == {"loss_group_cls": 0.0,
+                                                        "loss_group_pair": 0.0}
