@@ -50,6 +50,11 @@ class GroupingEvaluator(DatasetEvaluator):
     def reset(self) -> None:
         self._results = []
 
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        """The COCO results with ``group_id`` collected by ``process`` on this process."""
+        return self._results
+
     def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
         """Collect the detections of each image as COCO results with ``group_id``."""
         for inp, out in zip(inputs, outputs, strict=True):
