@@ -10,6 +10,9 @@ to ``--out`` and scored by ``detgroup.engine.evaluate.evaluate_detections`` (the
 ``detgroup eval --detections``): box recall / precision at IoU 0.5, COCO AP, class-agnostic box
 AP, category accuracy on matched boxes, group F1, exact-group F1, Group PQ, ARI. Milliseconds
 per image: the mean model call after one warm-up image, over ``--timing-images`` images.
+Noise: a paired bootstrap over val images (``--bootstrap`` resamples) of the difference in
+per-image ARI on matched boxes and in per-image box recall, as a 95 % interval.
+``--rescore`` scores the results files of an earlier run instead of running the models.
 
 Usage::
 
@@ -25,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
@@ -104,6 +108,20 @@ def run_torchvision(checkpoint: Path, data: Path, score: float, timing: int
     return results, 1000.0 * seconds / max(timed, 1)
 
 
+def paired_interval(a: list[float | None], b: list[float | None], resamples: int,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """Mean of a - b over the images where both are defined, and its 95 % bootstrap interval."""
+    pairs = np.array([(x, y) for x, y in zip(a, b, strict=True)
+                      if x is not None and y is not None], dtype=np.float64).reshape(-1, 2)
+    diff = pairs[:, 0] - pairs[:, 1]
+    if len(diff) == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(diff.mean()), float(low), float(high)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True, help="folder with val/")
@@ -115,23 +133,42 @@ def main() -> None:
     p.add_argument("--score", type=float, default=0.5, help="detection score threshold")
     p.add_argument("--timing-images", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--rescore", action="store_true",
+                   help="score OUT/results_*.json of an earlier run (no model is run)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, float]] = {}
+    per_image: dict[str, list[dict[str, Any]]] = {}
+    earlier = {}
+    if args.rescore:
+        earlier = json.loads((args.out / "bench_detectron2.json").read_text())["models"]
     for name, run in (("detectron2", lambda: run_detectron2(args.detectron2, args.data,
                                                              args.score, args.timing_images)),
                       ("torchvision", lambda: run_torchvision(args.torchvision, args.data,
                                                               args.score, args.timing_images))):
-        results, ms = run()
         path = args.out / f"results_{name}.json"
-        atomic_write_json(path, results)
-        summary, _ = evaluate_detections(path, args.data / "val/annotations.json")
+        if args.rescore:
+            ms = earlier[name]["ms_per_image"]
+        else:
+            results, ms = run()
+            atomic_write_json(path, results)
+        summary, per_image[name] = evaluate_detections(path, args.data / "val/annotations.json")
         rows[name] = {**{k: float(summary[k]) for k in METRICS}, "ms_per_image": ms,
-                      "detections": len(results)}
+                      "detections": int(summary["num_detections"])}
         print(name, json.dumps(rows[name]), flush=True)
+    noise = {}
+    for key in ("ari", "box_recall"):
+        mean, low, high = paired_interval([r[key] for r in per_image["detectron2"]],
+                                          [r[key] for r in per_image["torchvision"]],
+                                          args.bootstrap)
+        noise[key] = {"mean_difference": mean, "low": low, "high": high}
+        print(f"{key}: detectron2 - torchvision per image = {mean:.3f} "
+              f"(95 % bootstrap interval {low:.3f} .. {high:.3f})")
     atomic_write_json(args.out / "bench_detectron2.json",
-                      {"args": {k: str(v) for k, v in vars(args).items()}, "models": rows},
+                      {"args": {k: str(v) for k, v in vars(args).items()}, "models": rows,
+                       "paired_differences": noise},
                       indent=1)
     header = ["model", *METRICS, "ms_per_image"]
     print("| " + " | ".join(header) + " |")
