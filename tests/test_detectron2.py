@@ -335,5 +335,5 @@ def test_no_boxes_give_empty_groups_and_zero_group_losses(d2: Any) -> None:
     truth.gt_classes = torch.zeros(0, dtype=torch.int64)
     truth.gt_groups = torch.zeros(0, dtype=torch.int64)
     losses = heads.train()._group_losses(features, [background], [truth])
-    assert {k: float(v) for k, v in losses.items()} == {"loss_group_cls": 0.0,
+    assert {k: v.item() for k, v in losses.items()} == {"loss_group_cls": 0.0,
                                                         "loss_group_pair": 0.0}
