@@ -19,7 +19,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from detgroup.errors import DetgroupError
 
-# The choices of a key are its Literal type: OmegaConf refuses any other value itself.
+# The choices of a key are its Literal type. OmegaConf >= 2.4 refuses any other value itself;
+# OmegaConf 2.3 (which detectron2 requires, see the detectron2 extra) cannot read a Literal field,
+# so there the same names are bound to str below and _check_choices refuses the value with the
+# same one-line message.
 Backbone = Literal["small", "resnet18", "resnet34", "resnet50", "none"]  # none: no pixels
 Fusion = Literal["sum", "concat"]
 DetectorBackbone = Literal["resnet50_fpn", "mobilenet_v3_large_fpn"]
@@ -40,6 +43,33 @@ DECODERS = get_args(DecoderMethod)
 CONSISTENCY = get_args(Consistency)
 PAIR_CANDIDATE_MODES = get_args(PairCandidateMode)
 VAL_METRICS = get_args(ValMetric)
+
+# The Literal of each choice type, whichever type OmegaConf is given (read by _choices).
+_LITERALS: dict[str, Any] = {
+    "Backbone": Backbone, "Fusion": Fusion, "DetectorBackbone": DetectorBackbone,
+    "PairLoss": PairLoss, "PairBalance": PairBalance, "DecoderMethod": DecoderMethod,
+    "Consistency": Consistency, "PairCandidateMode": PairCandidateMode,
+    "TrainDevice": TrainDevice, "ValMetric": ValMetric,
+}
+
+
+def _omegaconf_reads_literal() -> bool:
+    """Whether the installed OmegaConf accepts a ``Literal`` field (2.4 does, 2.3 does not)."""
+
+    @dataclass
+    class _Probe:
+        x: Literal["a"] = "a"
+
+    try:
+        OmegaConf.structured(_Probe)
+    except OmegaConfBaseException:
+        return False
+    return True
+
+
+if not _omegaconf_reads_literal():  # pragma: no cover - depends on the installed OmegaConf
+    Backbone = Fusion = DetectorBackbone = PairLoss = PairBalance = str  # type: ignore[misc]
+    DecoderMethod = Consistency = PairCandidateMode = TrainDevice = ValMetric = str  # type: ignore[misc]
 
 
 @dataclass
@@ -417,13 +447,37 @@ def _choices(full_key: str) -> tuple[Any, ...] | None:
     for part in full_key.split("."):
         if not (isinstance(kind, type) and dataclasses.is_dataclass(kind)):
             return None
-        kind = get_type_hints(kind).get(part)
+        kind = get_type_hints(kind, globalns={**globals(), **_LITERALS}).get(part)
     if get_origin(kind) in (Union, types.UnionType):
         options = [a for a in get_args(kind) if a is not type(None)]
         if len(options) != 1 or get_origin(options[0]) is not Literal:
             return None
         return (None, *get_args(options[0]))
     return get_args(kind) if get_origin(kind) is Literal else None
+
+
+def _check_choices(obj: Any, prefix: str = "") -> None:
+    """Refuse a value outside its key's choices (OmegaConf 2.4 already has; 2.3 cannot)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_choices(value, f"{key}.")
+            continue
+        choices = _choices(key)
+        if choices is not None and value not in choices:
+            raise DetgroupError(_choice_problem(key, choices, value))
+
+
+def _choice_problem(key: str, choices: tuple[Any, ...], value: Any) -> str:
+    """``config: KEY must be one of (...), got VALUE``."""
+    got = f", got {value!r}" if value is not None else ""
+    named = tuple(c for c in choices if c is not None)
+    if None in choices:
+        allowed = f"null or one of {named}"
+    else:
+        allowed = " or ".join(named) if len(named) == 2 else f"one of {named}"
+    return f"config: {key} must be {allowed}{got}"
 
 
 def _omegaconf_problem(err: OmegaConfBaseException) -> str:
@@ -433,14 +487,7 @@ def _omegaconf_problem(err: OmegaConfBaseException) -> str:
     choices = _choices(key) if key else None
     if choices is None:
         return f"config key {key!r}: {first_line}" if key else f"config: {first_line}"
-    value = getattr(err, "value", None)
-    got = f", got {value!r}" if value is not None else ""
-    named = tuple(c for c in choices if c is not None)
-    if None in choices:
-        allowed = f"null or one of {named}"
-    else:
-        allowed = " or ".join(named) if len(named) == 2 else f"one of {named}"
-    return f"config: {key} must be {allowed}{got}"
+    return _choice_problem(key, choices, getattr(err, "value", None))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -463,6 +510,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except OmegaConfBaseException as err:
         where = f"{path}: " if path is not None else ""
         raise DetgroupError(f"{where}{_omegaconf_problem(err)}") from None
+    try:
+        _check_choices(result)
+    except DetgroupError as err:
+        where = f"{path}: " if path is not None else ""
+        raise DetgroupError(f"{where}{err}") from None
     assert isinstance(result, Config)
     _check(result)
     return result
@@ -475,6 +527,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
         result = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
         raise DetgroupError(_omegaconf_problem(err)) from None
+    _check_choices(result)
     assert isinstance(result, Config)
     _check(result)
     return result

@@ -84,6 +84,20 @@ def test_choices_are_refused_by_the_schema_with_their_allowed_values(tmp_path: P
         config_from_dict(data)
 
 
+def test_choices_are_checked_without_omegaconf_too() -> None:
+    # OmegaConf 2.3 (the detectron2 extra's) cannot read Literal fields; the schema's own check
+    # refuses a bad choice with the same message whichever OmegaConf is installed.
+    from detgroup.config import _check_choices
+
+    cfg = load_config()
+    _check_choices(cfg)
+    cfg.decoder.method = "spectral"  # type: ignore[assignment]
+    with pytest.raises(DetgroupError, match=r"^config: decoder.method must be one of "
+                                            r"\('gaec-kl', 'average', 'components', 'exact'\), "
+                                            r"got 'spectral'$"):
+        _check_choices(cfg)
+
+
 def test_config_import_does_not_load_opencv() -> None:
     import subprocess
     import sys
