@@ -154,6 +154,24 @@ class AttributesConfig:
 
 
 @dataclass
+class CropConfig:
+    """A crop of each box cut from the image pixels and encoded by a small CNN
+    (:mod:`detgroup.model.crop_encoder`): for small items, seen at their own resolution.
+
+    The box is padded to a square (the aspect is kept) and grown by ``context`` x its side on
+    every side, then pooled to ``size`` x ``size`` px; the CNN has ``channels`` channels in its
+    first stages. ``fusion``: ``add`` (crop token + RoI token) or ``replace`` (the crop token
+    instead of the RoI appearance; the backbone is then not run).
+    """
+
+    enabled: bool = False
+    size: int = 32
+    context: float = 0.0
+    channels: int = 32
+    fusion: str = "add"
+
+
+@dataclass
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -179,6 +197,7 @@ class ModelConfig:
     attributes: AttributesConfig = field(default_factory=AttributesConfig)
     # how the text and attribute tokens join the box token: sum, or concat + linear
     fusion: str = "sum"
+    crop: CropConfig = field(default_factory=CropConfig)
 
 
 @dataclass
@@ -307,6 +326,7 @@ def _check(cfg: Config) -> None:
         (0.0 <= cfg.data.photometric < 1.0, "data.photometric must be in [0, 1)"),
         (0.0 <= cfg.data.box_dropout < 1.0, "data.box_dropout must be in [0, 1)"),
         *_candidate_checks(cfg),
+        *_crop_checks(cfg),
     ]
     for ok, message in checks:
         if not ok:
@@ -369,6 +389,23 @@ def _candidate_checks(cfg: Config) -> list[tuple[bool, str]]:
          f"{key}: decoder.method exact decodes every pair; use gaec-kl, average or components"),
         (cfg.model.detector.backbone is None,
          f"{key}: not available with model.detector (the detecting model scores every pair)"),
+    ]
+
+
+def _crop_checks(cfg: Config) -> list[tuple[bool, str]]:
+    from detgroup.model.crop_encoder import CROP_FUSIONS, MIN_CROP_SIZE
+
+    c = cfg.model.crop
+    if not c.enabled:
+        return []
+    return [
+        (c.size >= MIN_CROP_SIZE, f"model.crop.size must be >= {MIN_CROP_SIZE} px, got {c.size}"),
+        (c.context >= 0, f"model.crop.context must be >= 0, got {c.context}"),
+        (c.channels >= 1, f"model.crop.channels must be >= 1, got {c.channels}"),
+        (c.fusion in CROP_FUSIONS, f"model.crop.fusion must be one of {CROP_FUSIONS}"),
+        (cfg.model.backbone.name != "none",
+         "model.crop needs the image (model.backbone.name is none: images are not read)"),
+        (cfg.model.detector.backbone is None, "model.crop is not available with model.detector"),
     ]
 
 
