@@ -200,7 +200,7 @@ def test_bench_omniglot_l2c_scores_every_row_on_the_same_scenes(tmp_path: Path) 
     rows = json.loads(out.read_text())["rows"]
     assert list(rows) == ["HOG + Ward (tuned on train)", "HOG + Ward (tuned on val)",
                           "pixels + Ward (tuned on train)", "HOG + k-means (oracle K)", "crop",
-                          "crop + HOG prior"]
+                          "crop, pair bias tuned on val", "crop + HOG prior"]
     for row in rows.values():
         (scene,) = row["scenes"]["alphabets"]  # the one whole-alphabet scene: Beta
         assert scene["k_true"] == 10 and 0 <= scene["hungarian_acc"] <= 1

@@ -16,10 +16,11 @@ Rows:
   and raw pixels + Ward; ``HOG + k-means (oracle K)`` is given the true number of characters.
 * one row per ``--model NAME=CHECKPOINT``: the model's pair logits decoded by the partition
   decoder (gaec-kl, categories ignored, the checkpoint's ``decoder.pair_bias``); and with
-  ``--hog-prior`` also ``NAME + HOG prior``: pair logits + alpha x (cosine of the two HOG
-  descriptors - tau), a fixed (non-learned) layer on top of the model, alpha and tau tuned on
-  ``val`` by mean ARI. A checkpoint trained with ``model.attributes`` reads each split's
-  ``annotations_hog.json`` (:func:`~detgroup.data.crop_descriptors.write_hog_attributes`).
+  ``--hog-prior`` also ``NAME, pair bias tuned on val`` (the pair logits shifted by the
+  constant of the best val ARI) and ``NAME + HOG prior``: pair logits + alpha x (cosine of
+  the two HOG descriptors - tau), a fixed (non-learned) layer on top of the model, alpha and
+  tau tuned on ``val`` by mean ARI. A checkpoint trained with ``model.attributes`` reads each
+  split's ``annotations_hog.json`` (:func:`~detgroup.data.crop_descriptors.write_hog_attributes`).
 
 Prints per-scene and mean Hungarian accuracy, NMI, ARI and |K^ - K|, and (``--memory``) the
 wall time and peak memory (VmHWM of a fresh process) of one forward + decode of each model on
@@ -55,6 +56,7 @@ from detgroup.metrics import image_metrics
 METRICS = ("hungarian_acc", "nmi", "ari", "num_groups_error")
 WARD_GRID = np.geomspace(0.2, 12.0, 48)
 PRIOR_ALPHA = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+BIAS_GRID = (-3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0)
 HOG_ANNOTATIONS = "annotations_hog.json"  # write_hog_attributes of each split's file
 PRIOR_TAU = tuple(np.round(np.linspace(0.3, 0.9, 13), 3))
 
@@ -136,6 +138,13 @@ def decode(logits: np.ndarray) -> np.ndarray:
 
 def hog_prior(logits: np.ndarray, hog: np.ndarray, alpha: float, tau: float) -> np.ndarray:
     return logits + alpha * (hog @ hog.T - tau)
+
+
+def tune_bias(logits: list[np.ndarray], scenes: list[SceneData]) -> float:
+    """The pair-logit shift (of :data:`BIAS_GRID`) with the best mean ARI on ``scenes``."""
+    aris = [np.mean([scores(s.groups, decode(w + b))["ari"]
+                     for w, s in zip(logits, scenes, strict=True)]) for b in BIAS_GRID]
+    return float(BIAS_GRID[int(np.argmax(aris))])
 
 
 def tune_prior(logits: list[np.ndarray], scenes: list[SceneData]) -> tuple[float, float]:
@@ -228,6 +237,12 @@ def main(argv: list[str] | None = None) -> None:
                                  for s in args.splits}}
         if args.hog_prior:
             val_logits = model_logits(ckpt_path, *split_files("val"))[0]
+            bias = tune_bias(val_logits, val)
+            rows[f"{name}, pair bias tuned on val"] = {
+                "setting": f"pair logits {bias:+g}",
+                "scenes": {s: [scores(sc.groups, decode(w + bias))
+                               for sc, w in zip(evaluate[s], logits[s][0], strict=True)]
+                           for s in args.splits}}
             alpha, tau = tune_prior(val_logits, val)
             rows[f"{name} + HOG prior"] = {
                 "setting": f"alpha {alpha:g}, tau {tau:g} (tuned on val)",
