@@ -170,6 +170,8 @@ def hwm():
 ckpt, ann, images, index = sys.argv[1:5]
 model, cfg = load_model_from_checkpoint(ckpt)
 model.eval()
+if cfg.model.attributes.enabled:
+    ann = ann.replace("annotations.json", "annotations_hog.json")
 item = GroupDataset(ann, images)[int(index)]
 batch = collate_groups([item])
 before = hwm()
