@@ -82,7 +82,8 @@ def cmd_data(args: argparse.Namespace) -> int:
                                  train_scenes=args.train_scenes, canvas=args.canvas,
                                  glyph_size=tuple(args.glyph_size),
                                  eval_max_chars=args.eval_max_chars,
-                                 unlisted_train_runs=args.unlisted_train_runs, progress=True)
+                                 unlisted_train_runs=args.unlisted_train_runs,
+                                 eval_alphabets=tuple(args.eval_alphabets), progress=True)
     for split, path in paths.items():
         stats = json.loads(path.read_text()).get("info", {}).get("stats", {})
         summary = ", ".join(f"{k} {v}" for k, v in stats.items())
@@ -372,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unlisted-train-runs", type=int, default=0,
                    help="Omniglot: runs of unlisted characters trained as category 'other' "
                         "instead of held out as unseen")
+    p.add_argument("--eval-alphabets", nargs="+", default=[], metavar="NAME",
+                   help="Omniglot: listed alphabets left out of training, one whole-alphabet "
+                        "scene each (split 'alphabets')")
     p.set_defaults(func=cmd_data)
 
     p = command("validate", "check a COCO-with-groups file (and its images)")

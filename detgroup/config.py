@@ -25,6 +25,7 @@ from detgroup.errors import DetgroupError
 # same one-line message.
 Backbone = Literal["small", "resnet18", "resnet34", "resnet50", "none"]  # none: no pixels
 Fusion = Literal["sum", "concat"]
+CropFusion = Literal["add", "replace"]  # model.crop.fusion
 DetectorBackbone = Literal["resnet50_fpn", "mobilenet_v3_large_fpn"]
 PairLoss = Literal["bce", "kcl", "mcl", "ae"]
 PairBalance = Literal["pairs", "groups"]
@@ -46,7 +47,8 @@ VAL_METRICS = get_args(ValMetric)
 
 # The Literal of each choice type, whichever type OmegaConf is given (read by _choices).
 _LITERALS: dict[str, Any] = {
-    "Backbone": Backbone, "Fusion": Fusion, "DetectorBackbone": DetectorBackbone,
+    "Backbone": Backbone, "Fusion": Fusion, "CropFusion": CropFusion,
+    "DetectorBackbone": DetectorBackbone,
     "PairLoss": PairLoss, "PairBalance": PairBalance, "DecoderMethod": DecoderMethod,
     "Consistency": Consistency, "PairCandidateMode": PairCandidateMode,
     "TrainDevice": TrainDevice, "ValMetric": ValMetric,
@@ -68,7 +70,8 @@ def _omegaconf_reads_literal() -> bool:
 
 
 if not _omegaconf_reads_literal():  # pragma: no cover - depends on the installed OmegaConf
-    Backbone = Fusion = DetectorBackbone = PairLoss = PairBalance = str  # type: ignore[misc]
+    Backbone = Fusion = CropFusion = DetectorBackbone = PairBalance = str  # type: ignore[misc]
+    PairLoss = str  # type: ignore[misc]
     DecoderMethod = Consistency = PairCandidateMode = TrainDevice = ValMetric = str  # type: ignore[misc]
 
 
@@ -236,6 +239,24 @@ class AttributesConfig:
 
 
 @dataclass
+class CropConfig:
+    """A crop of each box cut from the image pixels and encoded by a small CNN
+    (:mod:`detgroup.model.crop_encoder`): for small items, seen at their own resolution.
+
+    The box is padded to a square (the aspect is kept) and grown by ``context`` x its side on
+    every side, then pooled to ``size`` x ``size`` px; the CNN has ``channels`` channels in its
+    first stages. ``fusion``: ``add`` (crop token + RoI token) or ``replace`` (the crop token
+    instead of the RoI appearance; the backbone is then not run).
+    """
+
+    enabled: bool = False
+    size: int = 32
+    context: float = 0.0
+    channels: int = 32
+    fusion: CropFusion = "add"
+
+
+@dataclass
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -260,6 +281,7 @@ class ModelConfig:
     attributes: AttributesConfig = field(default_factory=AttributesConfig)
     # how the text and attribute tokens join the box token: sum, or concat + linear
     fusion: Fusion = "sum"
+    crop: CropConfig = field(default_factory=CropConfig)
 
 
 @dataclass
@@ -377,6 +399,7 @@ def _check(cfg: Config) -> None:
         (0.0 <= cfg.data.photometric < 1.0, "data.photometric must be in [0, 1)"),
         (0.0 <= cfg.data.box_dropout < 1.0, "data.box_dropout must be in [0, 1)"),
         *_candidate_checks(cfg),
+        *_crop_checks(cfg),
     ]
     for ok, message in checks:
         if not ok:
@@ -488,6 +511,21 @@ def _omegaconf_problem(err: OmegaConfBaseException) -> str:
     if choices is None:
         return f"config key {key!r}: {first_line}" if key else f"config: {first_line}"
     return _choice_problem(key, choices, getattr(err, "value", None))
+def _crop_checks(cfg: Config) -> list[tuple[bool, str]]:
+    from detgroup.model.crop_encoder import CROP_FUSIONS, MIN_CROP_SIZE
+
+    c = cfg.model.crop
+    if not c.enabled:
+        return []
+    return [
+        (c.size >= MIN_CROP_SIZE, f"model.crop.size must be >= {MIN_CROP_SIZE} px, got {c.size}"),
+        (c.context >= 0, f"model.crop.context must be >= 0, got {c.context}"),
+        (c.channels >= 1, f"model.crop.channels must be >= 1, got {c.channels}"),
+        (c.fusion in CROP_FUSIONS, f"model.crop.fusion must be one of {CROP_FUSIONS}"),
+        (cfg.model.backbone.name != "none",
+         "model.crop needs the image (model.backbone.name is none: images are not read)"),
+        (cfg.model.detector.backbone is None, "model.crop is not available with model.detector"),
+    ]
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -169,3 +169,38 @@ def test_seed_summary_mean_and_sd(tmp_path: Path, capsys: pytest.CaptureFixture[
     # mean 0.7, sample sd 0.141; 2 minutes of epochs; 200 ms per form
     assert row == "| m (2) | " + " | ".join(["0.700 ± 0.141"] * len(keys)) + \
         " | 2.0 ± 0.0 | 200.0 ± 0.0 |"
+
+
+def test_bench_omniglot_l2c_scores_every_row_on_the_same_scenes(tmp_path: Path) -> None:
+    import bench_omniglot_l2c
+    import torch
+
+    from detgroup.config import config_to_dict
+    from detgroup.data.omniglot import convert_omniglot
+    from detgroup.model.detector import build_model
+    from tests.conftest import tiny_config
+    from tests.test_real_data import SMALL, _fake_omniglot
+
+    data = tmp_path / "data"
+    convert_omniglot(_fake_omniglot(tmp_path / "src"), data, seed=1,
+                     **{**SMALL, "train_scenes": 8}, unlisted_train_runs=2,
+                     eval_alphabets=("Beta",))
+    cfg = tiny_config(data, "model.crop.enabled=true", "model.crop.size=8",
+                      "model.crop.channels=4")
+    cfg.category_names = ["Alpha", "other"]
+    torch.manual_seed(0)
+    ckpt = tmp_path / "crop.pt"
+    save_checkpoint(ckpt, {"config": config_to_dict(cfg), "model": build_model(cfg).state_dict()})
+    out = tmp_path / "bench.json"
+    bench_omniglot_l2c.main(["--data", str(data), "--model", f"crop={ckpt}", "--hog-prior",
+                             "--tune-scenes", "8", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert list(rows) == ["HOG + Ward (tuned on train)", "HOG + Ward (tuned on val)",
+                          "pixels + Ward (tuned on train)", "HOG + k-means (oracle K)", "crop",
+                          "crop, pair bias tuned on val", "crop + HOG prior"]
+    for row in rows.values():
+        (scene,) = row["scenes"]["alphabets"]  # the one whole-alphabet scene: Beta
+        assert scene["k_true"] == 10 and 0 <= scene["hungarian_acc"] <= 1
+        assert scene["num_groups_error"] == abs(scene["k_pred"] - 10)
+        assert len(row["scenes"]["test"]) == 1
+    assert rows["HOG + k-means (oracle K)"]["scenes"]["alphabets"][0]["k_pred"] == 10

@@ -51,6 +51,10 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     found["bce_word_roi"] = _checkpoint(root, "bce", "model.pair_layout_features=true",
                                         "model.roi_size=3", "model.roi_width=6",
                                         "model.roi_context=1.0")
+    crop = ("model.crop.enabled=true", "model.crop.size=8", "model.crop.channels=4",
+            "model.crop.context=0.25")
+    found["bce_crop"] = _checkpoint(root, "bce", *crop)
+    found["bce_crop_replace"] = _checkpoint(root, "bce", *crop, "model.crop.fusion=replace")
     return found
 
 
@@ -76,7 +80,8 @@ def _check_against_eager(checkpoint: Path, path: Path, run) -> None:
             assert np.abs(g - e).max() <= 1e-4, (n, h, w)
 
 
-@pytest.mark.parametrize("pair", ["bce", "mcl", "ae", "bce_layout", "bce_word_roi"])
+@pytest.mark.parametrize("pair", ["bce", "mcl", "ae", "bce_layout", "bce_word_roi", "bce_crop",
+                                  "bce_crop_replace"])
 def test_torchscript_matches_eager(checkpoints: dict[str, Path], tmp_path: Path,
                                    pair: str) -> None:
     out = tmp_path / "sub/model.ts"
@@ -89,7 +94,8 @@ def test_torchscript_matches_eager(checkpoints: dict[str, Path], tmp_path: Path,
     assert sorted(p.name for p in out.parent.iterdir()) == ["model.decoder.json", "model.ts"]
 
 
-@pytest.mark.parametrize("pair", ["bce", "bce_layout", "bce_word_roi"])
+@pytest.mark.parametrize("pair", ["bce", "bce_layout", "bce_word_roi", "bce_crop",
+                                  "bce_crop_replace"])
 def test_onnx_matches_eager(checkpoints: dict[str, Path], tmp_path: Path, pair: str) -> None:
     pytest.importorskip("onnx", reason="ONNX export needs the 'export' extra (onnx)")
     ort = pytest.importorskip("onnxruntime", reason="checking ONNX needs the 'export' extra")
@@ -146,7 +152,7 @@ def _run_exported_program(path: Path, image: torch.Tensor,
         return [t.numpy() for t in torch.export.load(str(path)).module()(image, boxes)]
 
 
-@pytest.mark.parametrize("pair", ["bce", "bce_word_roi"])
+@pytest.mark.parametrize("pair", ["bce", "bce_word_roi", "bce_crop"])
 def test_torch_export_matches_eager_for_any_box_count(checkpoints: dict[str, Path],
                                                       tmp_path: Path, pair: str) -> None:
     """The ExportedProgram keeps N, H and W symbolic: other N and sizes than the example."""

@@ -383,3 +383,30 @@ def test_omniglot_unlisted_runs_can_train_as_other(fake_omniglot: Path, tmp_path
         assert (ann["category_id"] == 3) == (10 <= ann["character"] < 15)
     with pytest.raises(DetgroupError, match="unlisted_train_runs"):
         convert_omniglot(fake_omniglot, tmp_path / "bad", unlisted_train_runs=3, **SMALL)
+
+
+def test_omniglot_eval_alphabets_are_whole_alphabet_scenes_never_trained(
+        fake_omniglot: Path, tmp_path: Path) -> None:
+    """The L2C protocol: a held-out alphabet is one scene of all its characters x all samples;
+    train, val and test never see its characters."""
+    paths = convert_omniglot(fake_omniglot, tmp_path, seed=1, **{**SMALL, "train_scenes": 20},
+                             unlisted_train_runs=2, eval_alphabets=("Beta",))
+    assert set(paths) == {"train", "val", "test", "unseen", "alphabets"}
+    data, coco = _load(paths["alphabets"])
+    assert len(data["images"]) == 1 and coco.category_names == ["glyph"]
+    assert sorted({(a["character"], a["sample"]) for a in data["annotations"]}) == [
+        (c, s) for c in range(15, 25) for s in range(20)]
+    groups = {a["character"]: set() for a in data["annotations"]}
+    for a in data["annotations"]:
+        groups[a["character"]].add(a["group_id"])
+    assert all(len(g) == 1 for g in groups.values()) and len(set.union(*groups.values())) == 10
+    splits = _splits(tmp_path)
+    chars = {s: {a["character"] for a in d["annotations"]} for s, (d, _) in splits.items()}
+    assert not (chars["train"] | chars["val"] | chars["test"]) & set(range(15, 25))
+    assert chars["val"] == {6, 7} and chars["test"] == {8, 9} and not chars["unseen"]
+    assert splits["train"][1].category_names == ["Alpha", "other"]
+    with pytest.raises(DetgroupError, match="'Gamma' is not listed"):
+        convert_omniglot(fake_omniglot, tmp_path / "bad", eval_alphabets=("Gamma",), **SMALL)
+    with pytest.raises(DetgroupError, match="every listed alphabet"):
+        convert_omniglot(fake_omniglot, tmp_path / "bad", eval_alphabets=("Alpha", "Beta"),
+                         **SMALL)

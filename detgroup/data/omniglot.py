@@ -65,7 +65,7 @@ VAL_FRACTION = 0.2
 DENSITY = 0.25  # at most this fraction of the canvas is covered by glyph boxes
 MAX_OVERLAP = 0.05  # intersection over the smaller box allowed between two glyphs
 PLACEMENT_TRIES = 50
-SPLITS = ("train", "val", "test", "unseen")
+SPLITS = ("train", "val", "test", "unseen", "alphabets")  # alphabets: with eval_alphabets only
 UNSEEN_CATEGORY = "glyph"
 OTHER_CATEGORY = "other"
 
@@ -383,6 +383,7 @@ def convert_omniglot(
     alphabets_per_scene: tuple[int, int] = (1, 3),
     eval_max_chars: int = 10,
     unlisted_train_runs: int = 0,
+    eval_alphabets: tuple[str, ...] = (),
     progress: bool = False,
 ) -> dict[str, Path]:
     """Build Omniglot glyph scenes from ``src`` (``images_background.npz`` + ``alphabets.csv``).
@@ -401,10 +402,14 @@ def convert_omniglot(
         eval_max_chars: most characters of a val, test or unseen scene.
         unlisted_train_runs: how many runs of unlisted characters (first ones in index order)
             train as category ``other`` instead of being ``unseen`` (module docstring).
+        eval_alphabets: names of listed alphabets left out of train, val and test entirely
+            and written as split ``alphabets``: one scene per alphabet holding all of its
+            characters x all samples (the "Learning to cluster" protocol), category ``glyph``.
         progress: show progress bars.
 
     Returns:
-        ``{"train": ann_path, "val": ..., "test": ..., "unseen": ...}``.
+        ``{"train": ann_path, "val": ..., "test": ..., "unseen": ...}`` (and ``"alphabets"``
+        with ``eval_alphabets``).
     """
     src, out = Path(src), Path(out)
     glyph_size = _check_range("glyph_size", glyph_size, 2)
@@ -418,12 +423,21 @@ def convert_omniglot(
         )
     glyphs = load_glyphs(src / "images_background.npz")
     num_chars, num_samples = glyphs.shape[:2]
-    alphabets = read_alphabets(src / "alphabets.csv", num_chars)
+    listed = read_alphabets(src / "alphabets.csv", num_chars)
+    unknown = sorted(set(eval_alphabets) - {a.name for a in listed})
+    if unknown:
+        raise DetgroupError(f"{src / 'alphabets.csv'}: eval alphabet {unknown[0]!r} is not "
+                            f"listed (listed: {[a.name for a in listed]})")
+    held_out = [a for a in listed if a.name in set(eval_alphabets)]
+    alphabets = [a for a in listed if a.name not in set(eval_alphabets)]
+    if not alphabets:
+        raise DetgroupError("eval_alphabets: every listed alphabet is held out; keep one to "
+                            "train on")
     names = [a.name for a in alphabets]
     split = split_characters(alphabets)
     if not any(split["train"]):
         raise DetgroupError(f"{src / 'alphabets.csv'}: no alphabet has a train character")
-    runs = unseen_runs(alphabets, num_chars)
+    runs = unseen_runs(listed, num_chars)
     if not 0 <= unlisted_train_runs <= len(runs):
         raise DetgroupError(f"unlisted_train_runs must be in 0..{len(runs)} (the runs of "
                             f"unlisted characters), got {unlisted_train_runs}")
@@ -450,6 +464,7 @@ def convert_omniglot(
         "unseen": [[(0, c, all_samples) for c in part]
                    for run in runs[unlisted_train_runs:]
                    for part in balanced_parts(run, eval_max_chars)],
+        "alphabets": [[(0, c, all_samples) for c in a.characters] for a in held_out],
     }
     info = {
         "description": "Omniglot glyph scenes: box = glyph, category = alphabet, "
@@ -460,15 +475,16 @@ def convert_omniglot(
                    "samples_per_char": list(samples_per_char),
                    "alphabets_per_scene": list(alphabets_per_scene),
                    "eval_max_chars": eval_max_chars,
-                   "unlisted_train_runs": unlisted_train_runs, "density": DENSITY,
+                   "unlisted_train_runs": unlisted_train_runs,
+                   "eval_alphabets": [a.name for a in held_out], "density": DENSITY,
                    "max_overlap": MAX_OVERLAP, "train_fraction": TRAIN_FRACTION,
                    "val_fraction": VAL_FRACTION},
     }
     return {
         name: _write_split(
             out, name, scenes[name], glyphs,
-            [UNSEEN_CATEGORY] if name == "unseen" else names, info,
+            [UNSEEN_CATEGORY] if name in ("unseen", "alphabets") else names, info,
             seed=seed, canvas=canvas, glyph_size=glyph_size, progress=progress,
         )
-        for name in SPLITS
+        for name in SPLITS if name != "alphabets" or held_out
     }

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from detgroup.config import Config
 from detgroup.model.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone
+from detgroup.model.crop_encoder import CropEncoder, check_crop_inputs
 from detgroup.model.heads import AssignmentHead, CategoryHead, EmbeddingHead, PairAffinityHead
 from detgroup.model.item_encoders import AttributeEncoder, TextEncoder, TokenFusion
 from detgroup.model.relation import RelationEncoder
@@ -19,7 +20,7 @@ from detgroup.model.sparse import (
     edge_pair_logits,
     graph_relation,
 )
-from detgroup.ops.boxes import pairwise_geometry
+from detgroup.ops.boxes import box_features, pairwise_geometry
 
 
 class GroupingModel(nn.Module):
@@ -40,6 +41,9 @@ class GroupingModel(nn.Module):
     ``image_sizes`` (the frame the boxes are normalised by) is used. ``text_encoder`` and
     ``attribute_encoder`` (optional) add the box's text and attributes to its token through
     ``fusion`` before the relational transformer; a model with them must get those inputs.
+    ``crop_encoder`` (optional, ``model.crop``) gives each box a token of its own pixels
+    (:mod:`detgroup.model.crop_encoder`), added to the RoI token (``crop_fusion="add"``) or
+    instead of its appearance (``"replace"``: box position + crop; the backbone is not run).
     """
 
     def __init__(
@@ -54,10 +58,18 @@ class GroupingModel(nn.Module):
         text_encoder: TextEncoder | None = None,
         attribute_encoder: AttributeEncoder | None = None,
         fusion: TokenFusion | None = None,
+        crop_encoder: CropEncoder | None = None,
+        crop_fusion: str = "add",
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
+        self.crop_fusion = crop_fusion
+        if crop_encoder is not None:
+            if backbone is None:
+                raise ValueError("a crop encoder needs the image: give a backbone")
+            self.crop_encoder = crop_encoder
+            self.crop_norm = nn.LayerNorm(crop_encoder.norm.normalized_shape[0])
         # registered only when used, so that a model without them keeps its old state-dict keys
         if text_encoder is not None:
             self.text_encoder = text_encoder
@@ -80,16 +92,38 @@ class GroupingModel(nn.Module):
     def uses_attributes(self) -> bool:
         return hasattr(self, "attribute_encoder")
 
-    def features(self, images: Tensor, image_sizes: Tensor):
-        """Backbone maps of a padded batch; pixels outside each image are zero after norm."""
-        if self.backbone is None:
-            return OrderedDict()
+    @property
+    def uses_crops(self) -> bool:
+        return hasattr(self, "crop_encoder")
+
+    def normalised(self, images: Tensor, image_sizes: Tensor) -> Tensor:
+        """The padded batch [B, 3, H, W] normalised; pixels outside each image are zero."""
         h, w = images.shape[-2:]
         x = (images - self.pixel_mean) / self.pixel_std  # [B, 3, H, W]
         rows = torch.arange(h, device=images.device)[None, :, None] < image_sizes[:, 0, None, None]
         cols = torch.arange(w, device=images.device)[None, None, :] < image_sizes[:, 1, None, None]
-        x = x * (rows & cols)[:, None].to(x.dtype)
-        return self.backbone(x)
+        return x * (rows & cols)[:, None].to(x.dtype)
+
+    def features(self, images: Tensor, image_sizes: Tensor):
+        """Backbone maps of a padded batch; pixels outside each image are zero after norm."""
+        if self.backbone is None:
+            return OrderedDict()
+        return self.backbone(self.normalised(images, image_sizes))
+
+    def _crop_tokens(self, images: Tensor, boxes: Tensor, pad_mask: Tensor, image_sizes: Tensor
+                     ) -> Tensor:
+        """RoI tokens fused with crop tokens: [B, N, D]."""
+        if not (torch.jit.is_tracing() or torch.jit.is_scripting()
+                or torch.compiler.is_compiling()):  # (a graph cannot raise a user error)
+            check_crop_inputs(boxes, pad_mask, image_sizes, self.crop_encoder.size)
+        pixels = self.normalised(images, image_sizes)  # [B, 3, H, W]
+        crop = self.crop_encoder(pixels, boxes, pad_mask)  # [B, N, D]
+        if self.crop_fusion == "replace":
+            return self.crop_norm(crop + self.tokenizer.position(box_features(boxes, image_sizes)))
+        assert self.backbone is not None
+        feats = self.backbone(pixels)
+        tokens = self.tokenizer(feats, boxes, image_sizes, tuple(images.shape[-2:]))  # [B, N, D]
+        return self.crop_norm(tokens + crop)
 
     def forward(
         self,
@@ -119,8 +153,11 @@ class GroupingModel(nn.Module):
             pad_mask = torch.zeros(b, n, dtype=torch.bool, device=boxes.device)
         if image_sizes is None:
             image_sizes = torch.tensor([images.shape[-2:]] * b, device=images.device)
-        feats = self.features(images, image_sizes)
-        tokens = self.tokenizer(feats, boxes, image_sizes, tuple(images.shape[-2:]))  # [B, N, D]
+        if self.uses_crops:
+            tokens = self._crop_tokens(images, boxes, pad_mask, image_sizes)  # [B, N, D]
+        else:
+            feats = self.features(images, image_sizes)
+            tokens = self.tokenizer(feats, boxes, image_sizes, tuple(images.shape[-2:]))
         if hasattr(self, "fusion"):
             parts = [tokens]
             if self.uses_text:
@@ -236,6 +273,9 @@ def build_model(cfg: Config, *, pretrained: bool = True) -> nn.Module:
                          if m.attributes.enabled else None)
     parts = 1 + (text_encoder is not None) + (attribute_encoder is not None)
     fusion = TokenFusion(dim=m.dim, parts=parts, mode=m.fusion) if parts > 1 else None
+    crop_encoder = (CropEncoder(size=m.crop.size, context=m.crop.context,
+                                channels=m.crop.channels, dim=m.dim)
+                    if m.crop.enabled else None)
     pc = m.pair_candidates
     candidates = None if pc.mode == "dense" else PairCandidates(
         dim=m.dim, mode=pc.mode, auto_min_boxes=pc.auto_min_boxes, gap_k=pc.gap_k,
@@ -251,4 +291,6 @@ def build_model(cfg: Config, *, pretrained: bool = True) -> nn.Module:
         text_encoder=text_encoder,
         attribute_encoder=attribute_encoder,
         fusion=fusion,
+        crop_encoder=crop_encoder,
+        crop_fusion=m.crop.fusion,
     )

@@ -1,0 +1,177 @@
+"""``model.crop``: per-box crops cut from the pixels, encoded by a shared CNN, fused with the
+RoI token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from detgroup.errors import DetgroupError
+from detgroup.model.crop_encoder import CropEncoder, check_crop_inputs, square_crop_boxes
+from detgroup.model.detector import build_model
+from tests.conftest import tiny_config
+
+CROP = ["model.crop.enabled=true", "model.crop.size=8", "model.crop.channels=4"]
+
+
+def _model(data: Path, *extra: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(tiny_config(data, *CROP, *extra)).eval()
+
+
+def _scene(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(1, 3, 64, 80, generator=g)
+    wh = torch.rand(n, 2, generator=g) * 16 + 4
+    xy = torch.rand(n, 2, generator=g) * (torch.tensor([80.0, 64.0]) - wh)
+    return image, torch.cat([xy, xy + wh], dim=1)[None]  # [1, N, 4]
+
+
+def test_square_window_keeps_the_aspect_and_adds_context() -> None:
+    boxes = torch.tensor([[10.0, 20.0, 30.0, 30.0], [0.0, 0.0, 4.0, 8.0]])  # 20 x 10, 4 x 8
+    assert square_crop_boxes(boxes, 0.0).tolist() == [[10.0, 15.0, 30.0, 35.0],
+                                                      [-2.0, 0.0, 6.0, 8.0]]
+    # context 0.25: the square side grows by a quarter of it on every side
+    assert square_crop_boxes(boxes, 0.25).tolist() == [[5.0, 10.0, 35.0, 40.0],
+                                                       [-4.0, -2.0, 8.0, 10.0]]
+
+
+def test_crops_sample_the_pixels_of_the_square_window() -> None:
+    """On a horizontal ramp (pixel x holds x) bilinear RoIAlign is exact: bin j of a window
+    from x1 of side s reads x1 + (j + 0.5) s / size - 0.5 (pixel centres at x + 0.5)."""
+    encoder = CropEncoder(size=8, context=0.0, channels=2, dim=8)
+    ramp = torch.arange(64, dtype=torch.float32).expand(1, 3, 48, 64).contiguous()
+    boxes = torch.tensor([[[10.0, 12.0, 26.0, 20.0]]])  # 16 x 8 -> square window 16 x 16
+    crop = encoder.crops(ramp, boxes)  # [1, 3, 8, 8]
+    expected = 10.0 + (torch.arange(8) + 0.5) * 16 / 8 - 0.5
+    assert crop.shape == (1, 3, 8, 8)
+    assert torch.allclose(crop[0, 0], expected.expand(8, 8), atol=1e-4)
+
+
+def test_crops_follow_a_flip_of_image_and_boxes() -> None:
+    """Crops are cut from the image the model gets, so an augmentation of image and boxes
+    (here a horizontal flip) moves the crops with them."""
+    encoder = CropEncoder(size=8, context=0.5, channels=2, dim=8)
+    image, boxes = _scene(5)
+    width = image.shape[-1]
+    flipped = boxes[..., [2, 1, 0, 3]] * torch.tensor([-1.0, 1, -1, 1]) + torch.tensor(
+        [width, 0.0, width, 0])
+    a = encoder.crops(image, boxes)
+    b = encoder.crops(image.flip(-1), flipped)
+    assert torch.allclose(a.flip(-1), b, atol=1e-5)
+
+
+def test_padding_boxes_give_zero_tokens_and_batched_equals_one_by_one(tiny_data: Path) -> None:
+    model = _model(tiny_data)
+    image_a, boxes_a = _scene(5, seed=1)
+    image_b, boxes_b = _scene(3, seed=2)
+    images = torch.cat([image_a, image_b])
+    boxes = torch.cat([boxes_a, torch.cat([boxes_b, torch.tensor([[[0.0, 0, 1, 1]] * 2])], 1)])
+    pad = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    with torch.no_grad():
+        tokens = model.crop_encoder(model.normalised(images, torch.tensor([[64, 80]] * 2)),
+                                    boxes, pad)
+        assert tokens[1, 3:].abs().max() == 0 and (tokens[0].abs().sum(-1) > 0).all()
+        batched = model(images, boxes, pad)
+        single = model(image_b, boxes_b)
+    assert torch.allclose(batched["pred_affinity"][1, :3, :3], single["pred_affinity"][0],
+                          atol=1e-5)
+    assert torch.allclose(batched["pred_logits"][1, :3], single["pred_logits"][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("fusion", ["add", "replace"])
+def test_permutation_equivariant_and_deterministic(tiny_data: Path, fusion: str) -> None:
+    model = _model(tiny_data, f"model.crop.fusion={fusion}")
+    again = _model(tiny_data, f"model.crop.fusion={fusion}")
+    image, boxes = _scene(6, seed=4)
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    with torch.no_grad():
+        out = model(image, boxes)
+        shuffled = model(image, boxes[:, perm])
+        twin = again(image, boxes)
+    assert torch.allclose(out["pred_affinity"][0][perm][:, perm], shuffled["pred_affinity"][0],
+                          atol=1e-5)
+    assert torch.equal(out["pred_affinity"], twin["pred_affinity"])  # same seed, same model
+
+
+def test_add_uses_the_backbone_and_replace_does_not(tiny_data: Path) -> None:
+    image, boxes = _scene(4, seed=5)
+    for fusion, changes in (("add", True), ("replace", False)):
+        model = _model(tiny_data, f"model.crop.fusion={fusion}")
+        with torch.no_grad():
+            before = model(image, boxes)["pred_affinity"]
+            for p in model.backbone.parameters():
+                p.add_(0.5)
+            after = model(image, boxes)["pred_affinity"]
+        assert (not torch.allclose(before, after, atol=1e-4)) == changes, fusion
+
+
+def test_crop_encoder_trains(tiny_data: Path) -> None:
+    model = _model(tiny_data).train()
+    image, boxes = _scene(4, seed=6)
+    out = model(image, boxes)
+    out["pred_affinity"].sum().backward()
+    grads = [p.grad for p in model.crop_encoder.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_crops_change_the_output_only_through_pixels_inside_the_window(tiny_data: Path) -> None:
+    """replace: a token sees the pixels of its own window (and the others' through attention),
+    never a pixel outside every window."""
+    model = _model(tiny_data, "model.crop.fusion=replace")
+    image = torch.rand(1, 3, 64, 80)
+    boxes = torch.tensor([[[4.0, 4.0, 20.0, 20.0], [30.0, 30.0, 40.0, 44.0]]])
+    changed = image.clone()
+    changed[..., 50:, 60:] = 0.0  # outside both windows (and their bilinear reach)
+    with torch.no_grad():
+        a, b = model(image, boxes)["pred_affinity"], model(changed, boxes)["pred_affinity"]
+        changed[..., 10, 10] = 1 - changed[..., 10, 10]
+        c = model(changed, boxes)["pred_affinity"]
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("model.crop.size=0", "model.crop.size"), ("model.crop.size=-4", "model.crop.size"),
+    ("model.crop.size=4", "model.crop.size"), ("model.crop.context=-0.1", "model.crop.context"),
+    ("model.crop.channels=0", "model.crop.channels"),
+    ("model.crop.fusion=concat", "model.crop.fusion"),
+    ("model.backbone.name=none", "model.crop"),
+])
+def test_bad_crop_config_names_the_key(tiny_data: Path, override: str, key: str) -> None:
+    with pytest.raises(DetgroupError, match=key.replace(".", r"\.")):
+        tiny_config(tiny_data, *CROP, override)
+
+
+def test_zero_width_box_after_clipping_names_the_box(tiny_data: Path) -> None:
+    model = _model(tiny_data)
+    image, boxes = _scene(3)
+    bad = boxes.clone()
+    bad[0, 2] = torch.tensor([85.0, 10.0, 95.0, 20.0])  # right of the 80 px wide image
+    with pytest.raises(DetgroupError, match=r"image 0, box 2 .*no width or height"):
+        model(image, bad)
+    bad[0, 2] = torch.tensor([10.0, 10.0, 10.0, 20.0])  # zero width inside it
+    with pytest.raises(DetgroupError, match=r"box 2"):
+        model(image, bad)
+    # a padding box may be anything
+    model(image, bad, torch.tensor([[False, False, True]]))
+
+
+def test_image_smaller_than_the_crop_names_the_key(tiny_data: Path) -> None:
+    model = _model(tiny_data, "model.crop.size=16")
+    image = torch.rand(1, 3, 12, 40)
+    boxes = torch.tensor([[[2.0, 2.0, 10.0, 10.0]]])
+    with pytest.raises(DetgroupError, match=r"12 x 40 px is smaller .*model\.crop\.size = 16"):
+        model(image, boxes)
+    # the check is per image: the padded batch size does not count, each image's own size does
+    with pytest.raises(DetgroupError, match="image 1"):
+        check_crop_inputs(torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool),
+                          torch.tensor([[40, 40], [8, 40]]), 16)
+
+
+def test_no_boxes(tiny_data: Path) -> None:
+    model = _model(tiny_data)
+    out = model(torch.rand(1, 3, 64, 64), torch.zeros(1, 0, 4))
+    assert out["pred_affinity"].shape == (1, 0, 0)
