@@ -105,3 +105,17 @@ def test_out_of_image_boxes_are_treated_the_same_by_every_source(
     x, y, w, h = doc["annotations"][0]["bbox"]
     for c in clipped:
         np.testing.assert_allclose(c, [[x, y, x + w, y + h]], atol=1e-5)
+
+
+def test_a_box_thinner_than_the_written_precision_is_still_written(tmp_path: Path) -> None:
+    # per_image rounds coordinates to 2 decimals: a valid 0.002 px wide box must not become a
+    # zero-width annotation that the validating writer refuses at the end of a run.
+    from detgroup.engine.infer import _write_collections
+
+    record = {"image_id": 1, "file_name": "a.png", "width": 20, "height": 20,
+              "boxes": [{"box": [1.0, 2.0, 1.0, 9.5], "category": "cat", "score": 0.9}],
+              "groups": [{"category": "cat", "score": 0.8, "members": [0]}]}
+    _write_collections(tmp_path, [record], ["cat"])
+    data = json.loads((tmp_path / "predictions.json").read_text())
+    validate_coco_groups(data, path="predictions.json")
+    assert data["annotations"][0]["bbox"] == [1.0, 2.0, 0.01, 7.5]

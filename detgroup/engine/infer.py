@@ -248,7 +248,9 @@ def _write_collections(out_dir: Path, records: list[dict[str, Any]], names: list
             x1, y1, x2, y2 = box["box"]
             entry = {
                 "image_id": record["image_id"],
-                "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
+                # 2 decimals as in per_image; a box thinner than that keeps 0.01 px, so that
+                # a valid input box is never refused by the writer at the end of a run
+                "bbox": [x1, y1, max(round(x2 - x1, 2), 0.01), max(round(y2 - y1, 2), 0.01)],
                 "category_id": id_of[group["category"]],
                 "score": box["score"],
                 "group_id": group_of[m],
