@@ -219,6 +219,13 @@ class DetectorConfig:
     # image that overlap a truth box at IoU >= proposal_iou (labelled as that truth box)
     proposal_tokens: int = 32
     proposal_iou: float = 0.5
+    # torchvision stage indices the FPN levels sit on; None: torchvision's builder (MobileNet:
+    # the last two stages, both at stride 32). [2, 3, 5] (MobileNet) / [2, 3, 4] (ResNet-50):
+    # strides 8, 16, 32, for small objects
+    returned_layers: list[int] | None = None
+    # anchor sizes (px) per feature map (one list per FPN level, plus one for the max-pooled
+    # level), aspect ratios 0.5 / 1 / 2; None: torchvision's (MobileNet: 32-512 on each)
+    anchor_sizes: list[list[int]] | None = None
 
 
 @dataclass

@@ -278,10 +278,46 @@ def test_evaluator_scores_groups_on_detected_boxes(d2: Any, tmp_path: Path) -> N
 
 
 def test_mobilenet_backbone_matches_torchvisions_strides(d2: Any) -> None:
-    model = _model(d2)
+    model = _model(d2)  # configs/detectron2/synth_mobilenet.yaml: RETURNED_LAYERS [2, 3, 5]
     shapes = model.backbone.output_shape()
-    assert {k: v.stride for k, v in shapes.items()} == {"0": 32, "1": 32, "pool": 64}
+    assert {k: v.stride for k, v in shapes.items()} == {"0": 8, "1": 16, "2": 32, "pool": 64}
     assert {v.channels for v in shapes.values()} == {32}
+    maps = model.backbone(torch.zeros(1, 3, 256, 256))
+    assert {k: 256 // v.shape[-1] for k, v in maps.items()} == {"0": 8, "1": 16, "2": 32,
+                                                                 "pool": 64}
+    assert model.roi_heads.box_pooler.min_level == 3 and model.roi_heads.box_pooler.max_level == 5
+    cfg = tiny_cfg(d2)
+    cfg.merge_from_list(["MODEL.MOBILENET_FPN.RETURNED_LAYERS", [],
+                         "MODEL.ANCHOR_GENERATOR.SIZES", [[32, 64, 128, 256, 512]],
+                         "MODEL.RPN.IN_FEATURES", ["0", "1", "pool"],
+                         "MODEL.ROI_HEADS.IN_FEATURES", ["0"]])
+    from detectron2.modeling import build_model
+
+    old = build_model(cfg).backbone.output_shape()  # the setting before: torchvision's default
+    assert {k: v.stride for k, v in old.items()} == {"0": 32, "1": 32, "pool": 64}
+
+
+def test_mobilenet_backbone_is_the_torchvision_models_backbone(d2: Any) -> None:
+    """Same stages, same FPN, same parameter count as GroupingFasterRCNN's in
+    configs/synth_detector.yaml (issue 20's comparison at equal size)."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_backbone
+
+    from detgroup.config import load_config
+    from detgroup.model.grouping_rcnn import build_faster_rcnn
+
+    cfg = get_cfg()
+    d2.add_grouping_config(cfg)
+    cfg.merge_from_file(str(ROOT / "configs/detectron2/synth_mobilenet.yaml"))
+    ours = build_backbone(cfg).body
+    d = load_config(ROOT / "configs/synth_detector.yaml").model.detector
+    theirs = build_faster_rcnn(backbone=d.backbone, num_classes=2,
+                               returned_layers=list(d.returned_layers),
+                               anchor_sizes=[list(a) for a in d.anchor_sizes]).backbone
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in theirs.state_dict().items()}
+    assert [list(a) for a in cfg.MODEL.ANCHOR_GENERATOR.SIZES] == [list(a) for a in
+                                                                    d.anchor_sizes]
 
 
 def test_readme_snippet_builds_a_grouping_model(d2: Any, tiny_data: Path) -> None:

@@ -228,3 +228,61 @@ def test_infer_without_boxes_needs_a_detecting_model(tiny_checkpoint: Path, tiny
     assert len(err.splitlines()) == 1 and "give --boxes or --detector" in err
     with pytest.raises(DetgroupError, match="give the boxes"):
         Grouper.from_checkpoint(tiny_checkpoint).predict(np.zeros((64, 64, 3), np.uint8))
+
+
+SMALL = ["model.detector.returned_layers=[2,3,5]",
+         "model.detector.anchor_sizes=[[16],[32],[64],[128]]"]
+
+
+def test_small_object_levels_have_strides_8_16_32() -> None:
+    detector = build_faster_rcnn(backbone="mobilenet_v3_large_fpn", num_classes=2, min_size=256,
+                                 max_size=256, returned_layers=[2, 3, 5],
+                                 anchor_sizes=[[16], [32], [64], [128]])
+    with torch.no_grad():
+        maps = detector.backbone(torch.zeros(1, 3, 256, 256))
+    assert {k: 256 // v.shape[-1] for k, v in maps.items()} == {"0": 8, "1": 16, "2": 32,
+                                                                 "pool": 64}
+    assert detector.roi_heads.box_roi_pool.featmap_names == ["0", "1", "2"]
+    assert detector.rpn.anchor_generator.num_anchors_per_location() == [3, 3, 3, 3]
+    old = build_faster_rcnn(backbone="mobilenet_v3_large_fpn", num_classes=2)
+    with torch.no_grad():
+        old_maps = old.backbone(torch.zeros(1, 3, 256, 256))
+    assert {k: 256 // v.shape[-1] for k, v in old_maps.items()} == {"0": 32, "1": 32,
+                                                                     "pool": 64}
+
+
+def test_small_object_detector_trains_and_detects(tiny_data: Path) -> None:
+    torch.manual_seed(0)
+    cfg = detector_config(tiny_data, "mobilenet_v3_large_fpn", *SMALL,
+                          "model.detector.score_threshold=0.0")
+    model = build_model(cfg)
+    batch = tiny_batch(tiny_data)
+    model.train()
+    out = model(batch["images"], batch["boxes"], batch["pad_mask"], batch["image_sizes"],
+                categories=batch["categories"], groups=batch["groups"])
+    losses = build_criterion(cfg)(out, batch)
+    assert all(torch.isfinite(losses[k]) for k in DETECTION_LOSSES)
+    model.eval()
+    with torch.no_grad():
+        det = model(batch["images"], image_sizes=batch["image_sizes"])
+    assert det["pred_boxes"].shape[:2] == det["pad_mask"].shape
+    assert det["pred_logits"].shape[-1] == 2
+
+
+def test_default_detector_keeps_old_checkpoints_loadable(tiny_data: Path) -> None:
+    """A model built without the new keys has torchvision's builder's exact state dict."""
+    old = build_faster_rcnn(backbone="mobilenet_v3_large_fpn", num_classes=2)
+    new = build_model(detector_config(tiny_data)).detector
+    assert {k: v.shape for k, v in old.state_dict().items()} == {
+        k: v.shape for k, v in new.state_dict().items()}
+    new.load_state_dict(old.state_dict())
+
+
+def test_bad_returned_layers_and_anchor_sizes_fail_with_the_key(tiny_data: Path) -> None:
+    with pytest.raises(DetgroupError, match="returned_layers"):
+        build_model(detector_config(tiny_data, "mobilenet_v3_large_fpn",
+                                    "model.detector.returned_layers=[3,2]"))
+    with pytest.raises(DetgroupError, match="anchor_sizes"):
+        build_model(detector_config(tiny_data, "mobilenet_v3_large_fpn",
+                                    "model.detector.returned_layers=[2,3,5]",
+                                    "model.detector.anchor_sizes=[[16],[32]]"))

@@ -54,7 +54,12 @@ METRICS = ("box_recall", "box_precision", "box_ap50", "box_ap", "cat_ap50", "cat
 
 
 def detector_overrides(args: argparse.Namespace) -> list[str]:
+    levels = [] if args.torchvision_levels else [  # as configs/synth_detector.yaml
+        "model.detector.returned_layers=[2,3,5]",
+        "model.detector.anchor_sizes=[[16],[32],[64],[128]]",
+    ]
     return [
+        *levels,
         "model.detector.backbone=mobilenet_v3_large_fpn",
         f"model.detector.min_size={args.detector_size}",
         f"model.detector.max_size={args.detector_size}",
@@ -116,6 +121,8 @@ class TwoStage:
             score_threshold=d.score_threshold, nms_iou=d.nms_iou,
             detections_per_image=d.detections_per_image,
             rpn_post_nms_top_n_test=d.rpn_post_nms_top_n_test,
+            returned_layers=None if d.returned_layers is None else list(d.returned_layers),
+            anchor_sizes=None if d.anchor_sizes is None else [list(a) for a in d.anchor_sizes],
         )
         load_detector_weights(self.detector, args.out / "detector.pt", backbone=d.backbone)
         self.detector.eval()
@@ -203,6 +210,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--detector-size", type=int, default=256,
                         help="the detector's input size (model.detector.min_size = max_size)")
+    parser.add_argument("--torchvision-levels", action="store_true",
+                        help="torchvision's FPN levels and anchors (two stride-32 levels, "
+                             "anchors 32-512) instead of strides 8/16/32 with anchors 16-128")
     parser.add_argument("--epochs-group", type=int, default=4)
     parser.add_argument("--epochs-detect", type=int, default=3)
     parser.add_argument("--lr-detect", type=float, default=3e-4)
@@ -236,7 +246,8 @@ def main() -> None:
         timing = subprocess.run(
             [sys.executable, __file__, "--out", str(args.out), "--measure", name,
              "--threads", str(args.threads), "--timing-images", str(args.timing_images),
-             "--detector-size", str(args.detector_size), "--score", str(args.score)],
+             "--detector-size", str(args.detector_size), "--score", str(args.score),
+             *(["--torchvision-levels"] if args.torchvision_levels else [])],
             capture_output=True, text=True, check=True,
         ).stdout.strip().splitlines()[-1]
         rows[name] = {**{k: summary[k] for k in METRICS}, **json.loads(timing)}

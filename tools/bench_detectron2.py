@@ -11,7 +11,7 @@ to ``--out`` and scored by ``detgroup.engine.evaluate.evaluate_detections`` (the
 AP, category accuracy on matched boxes, group F1, exact-group F1, Group PQ, ARI. Milliseconds
 per image: the mean model call after one warm-up image, over ``--timing-images`` images.
 Noise: a paired bootstrap over val images (``--bootstrap`` resamples) of the difference in
-per-image ARI on matched boxes and in per-image box recall, as a 95 % interval.
+per-image ARI on matched boxes, per-image Group PQ, group F1 and box recall, as a 95 % interval.
 ``--rescore`` scores the results files of an earlier run instead of running the models.
 
 Usage::
@@ -159,7 +159,7 @@ def main() -> None:
                       "detections": int(summary["num_detections"])}
         print(name, json.dumps(rows[name]), flush=True)
     noise = {}
-    for key in ("ari", "box_recall"):
+    for key in ("ari", "group_pq", "group_f1", "box_recall"):
         mean, low, high = paired_interval([r[key] for r in per_image["detectron2"]],
                                           [r[key] for r in per_image["torchvision"]],
                                           args.bootstrap)

@@ -243,6 +243,8 @@ def build_model(cfg: Config, *, pretrained: bool = True) -> nn.Module:
             box_batch_size_per_image=d.box_batch_size_per_image,
             proposal_tokens=d.proposal_tokens, proposal_iou=d.proposal_iou,
             roi_context=m.roi_context,
+            returned_layers=None if d.returned_layers is None else list(d.returned_layers),
+            anchor_sizes=None if d.anchor_sizes is None else [list(a) for a in d.anchor_sizes],
         )
     backbone: nn.Module | None = None
     tokenizer: RoITokenizer | LayoutTokenizer

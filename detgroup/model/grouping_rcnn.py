@@ -28,13 +28,19 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torchvision.models import mobilenet_v3_large, resnet50
 from torchvision.models.detection import (
     FasterRCNN,
     fasterrcnn_mobilenet_v3_large_fpn,
     fasterrcnn_resnet50_fpn,
 )
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import (
+    _mobilenet_extractor,
+    _resnet_fpn_extractor,
+)
 from torchvision.models.detection.image_list import ImageList
-from torchvision.ops import box_iou, nms
+from torchvision.ops import MultiScaleRoIAlign, box_iou, nms
 
 from detgroup.errors import DetgroupError
 from detgroup.model.backbone import read_state_dict
@@ -49,6 +55,21 @@ _BUILDERS = {
     "mobilenet_v3_large_fpn": fasterrcnn_mobilenet_v3_large_fpn,
 }
 _PREDICTOR = "roi_heads.box_predictor."
+# torchvision's stage indices that give strides 8 / 16 / 32 on a 256 px image (verified by
+# tests/test_grouping_rcnn.py): MobileNetV3-Large's stages 2, 3, 5 (outputs of features[4],
+# [7], [16]); ResNet-50's layer2, layer3, layer4
+SMALL_OBJECT_LAYERS = {"mobilenet_v3_large_fpn": [2, 3, 5], "resnet50_fpn": [2, 3, 4]}
+_ASPECT_RATIOS = (0.5, 1.0, 2.0)
+
+
+def _fpn_backbone(backbone: str, returned_layers: list[int]) -> nn.Module:
+    """A randomly initialised, fully trainable (BatchNorm) FPN backbone whose FPN levels
+    ``0``, ``1``, ... sit on torchvision's stages ``returned_layers``, plus ``pool``."""
+    if backbone == "mobilenet_v3_large_fpn":
+        body = mobilenet_v3_large(weights=None, norm_layer=nn.BatchNorm2d)
+        return _mobilenet_extractor(body, True, 6, returned_layers=returned_layers)
+    return _resnet_fpn_extractor(resnet50(weights=None, norm_layer=nn.BatchNorm2d), 5,
+                                 returned_layers=returned_layers)
 
 
 def build_faster_rcnn(
@@ -63,24 +84,63 @@ def build_faster_rcnn(
     rpn_post_nms_top_n_train: int = 2000,
     rpn_post_nms_top_n_test: int = 1000,
     box_batch_size_per_image: int = 512,
+    returned_layers: list[int] | None = None,
+    anchor_sizes: list[list[int]] | None = None,
 ) -> FasterRCNN:
     """A randomly initialised torchvision Faster R-CNN (nothing is downloaded).
 
     Args:
         backbone: ``resnet50_fpn`` or ``mobilenet_v3_large_fpn``.
         num_classes: C object categories (the detector adds its background class).
+        returned_layers: torchvision's stage indices the FPN levels ``0``, ``1``, ... sit on
+            (``pool`` is added above the last); None: torchvision's own builder (MobileNet:
+            the last two stages, both stride 32; ResNet-50: layer1-4). ``SMALL_OBJECT_LAYERS``
+            gives strides 8 / 16 / 32.
+        anchor_sizes: anchor sizes (px) per feature map, one list per FPN level plus one for
+            ``pool``, each with aspect ratios 0.5 / 1 / 2; None: torchvision's (MobileNet:
+            32-512 on every level; ResNet-50: 32, 64, ..., 512, one per level). The RoI heads
+            pool from every FPN level but ``pool``.
+
+    Raises:
+        DetgroupError: an unknown backbone or stage index, or anchor sizes that do not give
+            one list per feature map of equal length.
     """
     if backbone not in _BUILDERS:
         raise DetgroupError(f"unknown detector backbone {backbone!r}; choose one of "
                             f"{sorted(_BUILDERS)}")
-    return _BUILDERS[backbone](
-        weights=None, weights_backbone=None, num_classes=num_classes + 1, min_size=min_size,
+    kwargs = dict(
+        num_classes=num_classes + 1, min_size=min_size,
         max_size=max_size, box_score_thresh=score_threshold, box_nms_thresh=nms_iou,
         box_detections_per_img=detections_per_image,
         rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
         rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
         box_batch_size_per_image=box_batch_size_per_image,
     )
+    if returned_layers is None and anchor_sizes is None:
+        return _BUILDERS[backbone](weights=None, weights_backbone=None, **kwargs)
+    stages = 6 if backbone == "mobilenet_v3_large_fpn" else 5
+    low = 0 if backbone == "mobilenet_v3_large_fpn" else 1
+    if returned_layers is None:
+        returned_layers = [stages - 2, stages - 1] if low == 0 else [1, 2, 3, 4]
+    if (not returned_layers or sorted(set(returned_layers)) != list(returned_layers)
+            or returned_layers[0] < low or returned_layers[-1] >= stages):
+        raise DetgroupError(f"model.detector.returned_layers {list(returned_layers)}: must be "
+                            f"increasing stage indices in [{low}, {stages - 1}] for {backbone}")
+    levels = len(returned_layers) + 1  # the FPN levels and "pool"
+    if anchor_sizes is None:
+        anchor_sizes = ([[32, 64, 128, 256, 512]] * levels if low == 0
+                        else [[32 * 2 ** i] for i in range(levels)])
+    if len(anchor_sizes) != levels or len({len(a) for a in anchor_sizes}) != 1 or not all(
+            s > 0 for a in anchor_sizes for s in a) or not anchor_sizes[0]:
+        raise DetgroupError(
+            f"model.detector.anchor_sizes {anchor_sizes}: need {levels} lists (one per FPN "
+            f"level of returned_layers {list(returned_layers)}, plus pool) of equal, non-zero "
+            f"length of sizes > 0")
+    anchors = AnchorGenerator(tuple(tuple(int(s) for s in a) for a in anchor_sizes),
+                              (_ASPECT_RATIOS,) * levels)
+    pool = MultiScaleRoIAlign([str(i) for i in range(len(returned_layers))], 7, 2)
+    return FasterRCNN(_fpn_backbone(backbone, list(returned_layers)),
+                      rpn_anchor_generator=anchors, box_roi_pool=pool, **kwargs)
 
 
 def load_detector_weights(detector: FasterRCNN, path: str | Path, *, backbone: str) -> None:
@@ -312,6 +372,8 @@ def build_grouping_faster_rcnn(
     proposal_tokens: int = 32,
     proposal_iou: float = 0.5,
     roi_context: float = 0.0,
+    returned_layers: list[int] | None = None,
+    anchor_sizes: list[list[int]] | None = None,
 ) -> GroupingFasterRCNN:
     """A :class:`GroupingFasterRCNN` whose tokenizer pools with the detector's own RoIAlign.
 
@@ -325,6 +387,7 @@ def build_grouping_faster_rcnn(
         rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
         rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
         box_batch_size_per_image=box_batch_size_per_image,
+        returned_layers=returned_layers, anchor_sizes=anchor_sizes,
     )
     if weights:
         load_detector_weights(detector, weights, backbone=backbone)

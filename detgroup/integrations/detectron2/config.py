@@ -37,6 +37,9 @@ def add_grouping_config(cfg: CfgNode) -> CfgNode:
       and group); background proposals are never tokens;
     * ``AGNOSTIC_NMS_IOU``: at inference, detections of different categories on one object
       (box IoU above it) are merged into the higher-scored one before grouping; 1.0 keeps all.
+
+    Also ``MODEL.MOBILENET_FPN.RETURNED_LAYERS`` (``build_mobilenet_v3_fpn_backbone``'s FPN
+    stages; see :mod:`detgroup.integrations.detectron2.backbone`).
     """
     g = CfgNode()
     g.DIM = 128
@@ -62,6 +65,11 @@ def add_grouping_config(cfg: CfgNode) -> CfgNode:
     g.PROPOSAL_TOKENS = 32
     g.AGNOSTIC_NMS_IOU = 0.7
     cfg.MODEL.GROUPING = g
+    # build_mobilenet_v3_fpn_backbone's FPN stages (torchvision's stage indices, as
+    # model.detector.returned_layers); empty: torchvision's, the last two (both stride 32)
+    m = CfgNode()
+    m.RETURNED_LAYERS = []
+    cfg.MODEL.MOBILENET_FPN = m
     return cfg
 
 
