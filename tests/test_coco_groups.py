@@ -270,3 +270,15 @@ def test_box_dropout_leaves_out_boxes_and_keeps_their_labels(tmp_path: Path) -> 
         assert len(almost_all[0]["boxes"]) == 1
     unchanged = GroupDataset(tmp_path / "ann.json", tmp_path / "img", box_dropout=0.0, seed=2)[0]
     torch.testing.assert_close(unchanged["boxes"], plain["boxes"])
+
+
+def test_detection_results_keep_each_category_group_apart() -> None:
+    from detgroup.data.coco_groups import detection_results
+
+    boxes = np.array([[0, 0, 10, 5], [20, 0, 30, 8], [40, 0, 41, 1]], dtype=np.float64)
+    out = detection_results(7, boxes, np.array([0, 1, 1]), np.array([0, 0, 1]),
+                            np.array([0.9, 0.8, 0.7], dtype=np.float32), [3, 5])
+    assert [r["category_id"] for r in out] == [3, 5, 5]
+    assert out[1]["bbox"] == [20.0, 0.0, 10.0, 8.0] and out[0]["image_id"] == 7
+    # group 0 of category 0 and group 0 of category 1 are different groups
+    assert len({r["group_id"] for r in out}) == 3

@@ -39,7 +39,7 @@ from torchvision.ops import nms
 
 from detgroup.atomic import atomic_write_json
 from detgroup.config import load_config
-from detgroup.data.coco_groups import load_coco_groups
+from detgroup.data.coco_groups import detection_results, load_coco_groups
 from detgroup.data.images import read_image_rgb
 from detgroup.data.synth import SynthConfig, generate_synthetic
 from detgroup.engine.checkpoint import load_checkpoint
@@ -169,13 +169,8 @@ def run_pipeline(name: str, args: argparse.Namespace, limit: int = 0
         start = time.perf_counter()
         result = run(pixels, boxes)
         seconds += time.perf_counter() - start
-        for box, cat, group, score in zip(result.boxes, result.categories, result.groups,
-                                          result.scores, strict=True):
-            x1, y1, x2, y2 = (float(v) for v in box)
-            results.append({"image_id": int(info["id"]),
-                            "category_id": int(truth.category_ids[int(cat)]),
-                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score),
-                            "group_id": int(cat) * 10_000 + int(group)})
+        results += detection_results(info["id"], result.boxes, result.categories,
+                                     result.groups, result.scores, truth.category_ids)
     return results, seconds / max(len(images), 1)
 
 

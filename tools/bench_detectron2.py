@@ -36,7 +36,7 @@ from detectron2.data import DatasetMapper
 from detectron2.modeling import build_model
 
 from detgroup.atomic import atomic_write_json
-from detgroup.data.coco_groups import load_coco_groups
+from detgroup.data.coco_groups import detection_results, load_coco_groups
 from detgroup.data.images import read_image_rgb
 from detgroup.engine.evaluate import evaluate_detections
 from detgroup.inference import Grouper
@@ -97,14 +97,8 @@ def run_torchvision(checkpoint: Path, data: Path, score: float, timing: int
         if k < timing:
             seconds += time.perf_counter() - start
             timed += 1
-        n = len(result.boxes)
-        for box, cat, group, s in zip(result.boxes, result.categories, result.groups,
-                                      result.scores, strict=True):
-            x1, y1, x2, y2 = (float(v) for v in box)
-            results.append({"image_id": int(info["id"]),
-                            "category_id": int(truth.category_ids[int(cat)]),
-                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s),
-                            "group_id": int(cat) * (n + 1) + int(group)})
+        results += detection_results(info["id"], result.boxes, result.categories,
+                                     result.groups, result.scores, truth.category_ids)
     return results, 1000.0 * seconds / max(timed, 1)
 
 

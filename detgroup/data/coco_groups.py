@@ -427,3 +427,21 @@ def write_coco_groups(path: str | Path, data: dict[str, Any]) -> None:
         for ann in data["annotations"]
     ]
     atomic_write_json(path, out)
+
+
+def detection_results(image_id: int, boxes: np.ndarray, categories: np.ndarray,
+                      groups: np.ndarray, scores: np.ndarray,
+                      category_ids: list[int]) -> list[dict[str, Any]]:
+    """One image's detections as COCO results with ``group_id`` (what ``eval --detections``
+    reads): boxes [R, 4] xyxy px, categories [R] indices into ``category_ids``, groups [R]
+    per-category group ids in [0, R), scores [R]. A group is (category, group id), made one
+    integer per image as ``category * (R + 1) + group``."""
+    n = len(boxes)
+    results = []
+    for box, cat, group, score in zip(boxes, categories, groups, scores, strict=True):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        results.append({"image_id": int(image_id),
+                        "category_id": int(category_ids[int(cat)]),
+                        "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score),
+                        "group_id": int(cat) * (n + 1) + int(group)})
+    return results

@@ -21,7 +21,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from detgroup.data.coco_groups import load_coco_groups
+from detgroup.data.coco_groups import detection_results, load_coco_groups
 from detgroup.metrics import DetectionGroupingEvaluator, coco_box_ap
 
 logger = logging.getLogger(__name__)
@@ -61,17 +61,8 @@ class GroupingEvaluator(DatasetEvaluator):
             inst = out["instances"].to("cpu")
             boxes = inst.pred_boxes.tensor.numpy().astype(np.float64)  # [R, 4] xyxy px
             groups = inst.pred_groups.numpy() if inst.has("pred_groups") else np.arange(len(inst))
-            classes = inst.pred_classes.numpy()
-            for k in range(len(inst)):
-                x1, y1, x2, y2 = boxes[k]
-                self._results.append({
-                    "image_id": int(inp["image_id"]),
-                    "category_id": int(self._category_ids[int(classes[k])]),
-                    "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-                    "score": float(inst.scores[k]),
-                    # identity of a group is (category, group id): make it one integer
-                    "group_id": int(classes[k]) * (len(inst) + 1) + int(groups[k]),
-                })
+            self._results += detection_results(inp["image_id"], boxes, inst.pred_classes.numpy(),
+                                               groups, inst.scores.numpy(), self._category_ids)
 
     def evaluate(self) -> OrderedDict[str, dict[str, float]]:
         """{"groups": metrics} on the main process (an empty dict on the others)."""
