@@ -41,26 +41,27 @@ def add_grouping_config(cfg: CfgNode) -> CfgNode:
     Also ``MODEL.MOBILENET_FPN.RETURNED_LAYERS`` (``build_mobilenet_v3_fpn_backbone``'s FPN
     stages; see :mod:`detgroup.integrations.detectron2.backbone`).
     """
+    d = Config()  # detgroup's own defaults, so that the two cannot drift apart
     g = CfgNode()
-    g.DIM = 128
-    g.RELATION_LAYERS = 3
-    g.RELATION_HEADS = 4
-    g.RELATION_FFN_MULT = 4
-    g.RELATION_DROPOUT = 0.0
-    g.ROI_CONTEXT = 0.0
-    g.PAIR_LOSS = "bce"
-    g.PAIR_BALANCE = "pairs"
-    g.PAIR_HIDDEN = 128
-    g.NUM_CLUSTERS = 16
-    g.EMBED_DIM = 16
-    g.KCL_MARGIN = 2.0
-    g.AE_MARGIN = 1.0
-    g.CLS_WEIGHT = 1.0
-    g.PAIR_WEIGHT = 1.0
-    g.DECODER_METHOD = "gaec-kl"
-    g.CONSISTENCY = "joint"
-    g.PAIR_BIAS = 0.0
-    g.NEIGHBORS = 0
+    g.DIM = d.model.dim
+    g.RELATION_LAYERS = d.model.relation.layers
+    g.RELATION_HEADS = d.model.relation.heads
+    g.RELATION_FFN_MULT = d.model.relation.ffn_mult
+    g.RELATION_DROPOUT = d.model.relation.dropout
+    g.ROI_CONTEXT = d.model.roi_context
+    g.PAIR_LOSS = d.loss.pair
+    g.PAIR_BALANCE = d.loss.pair_balance
+    g.PAIR_HIDDEN = d.model.pair_hidden
+    g.NUM_CLUSTERS = d.model.num_clusters
+    g.EMBED_DIM = d.model.embed_dim
+    g.KCL_MARGIN = d.loss.kcl_margin
+    g.AE_MARGIN = d.loss.ae_margin
+    g.CLS_WEIGHT = d.loss.cls_weight
+    g.PAIR_WEIGHT = d.loss.pair_weight
+    g.DECODER_METHOD = d.decoder.method
+    g.CONSISTENCY = d.decoder.consistency
+    g.PAIR_BIAS = d.decoder.pair_bias
+    g.NEIGHBORS = d.decoder.neighbors
     g.TRAIN_ON_GT = True
     g.PROPOSAL_TOKENS = 32
     g.AGNOSTIC_NMS_IOU = 0.7
