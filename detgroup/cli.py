@@ -162,6 +162,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from detgroup.atomic import atomic_write_json
     from detgroup.engine.checkpoint import load_model_from_checkpoint
     from detgroup.engine.device import resolve_device
+    from detgroup.config import reads_attributes
     from detgroup.engine.evaluate import PostProcess, evaluate, unscored_indices
 
     device = resolve_device(args.device)
@@ -173,7 +174,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{args.data}: categories {dataset.category_names} differ from the checkpoint's "
             f"{cfg.category_names}"
         )
-    if cfg.model.attributes.enabled and dataset.coco.attribute_names != cfg.attribute_names:
+    if reads_attributes(cfg) and dataset.coco.attribute_names != cfg.attribute_names:
         raise DetgroupError(
             f"{args.data}: attribute_names {dataset.coco.attribute_names} differ from the "
             f"checkpoint's {cfg.attribute_names}"

@@ -26,6 +26,7 @@ from detgroup.errors import DetgroupError
 Backbone = Literal["small", "resnet18", "resnet34", "resnet50", "none"]  # none: no pixels
 Fusion = Literal["sum", "concat"]
 CropFusion = Literal["add", "replace"]  # model.crop.fusion
+PairPriorKind = Literal["none", "attribute_cosine", "same_line"]  # model.pair_prior.kind
 DetectorBackbone = Literal["resnet50_fpn", "mobilenet_v3_large_fpn"]
 PairLoss = Literal["bce", "kcl", "mcl", "ae"]
 PairBalance = Literal["pairs", "groups"]
@@ -47,7 +48,7 @@ VAL_METRICS = get_args(ValMetric)
 
 # The Literal of each choice type, whichever type OmegaConf is given (read by _choices).
 _LITERALS: dict[str, Any] = {
-    "Backbone": Backbone, "Fusion": Fusion, "CropFusion": CropFusion,
+    "Backbone": Backbone, "Fusion": Fusion, "CropFusion": CropFusion, "PairPriorKind": PairPriorKind,
     "DetectorBackbone": DetectorBackbone,
     "PairLoss": PairLoss, "PairBalance": PairBalance, "DecoderMethod": DecoderMethod,
     "Consistency": Consistency, "PairCandidateMode": PairCandidateMode,
@@ -264,6 +265,20 @@ class CropConfig:
 
 
 @dataclass
+class PairPriorConfig:
+    """A fixed classical similarity added to the pair logits (:mod:`detgroup.model.pair_prior`):
+    ``weight * (s_ij - offset)``, with ``s_ij`` the attribute cosine (e.g. HOG of each glyph)
+    or the same-line rule's link (``max_gap`` x height, ``min_overlap`` of the smaller height).
+    The learned pair head then models a residual on top of the status quo."""
+
+    kind: PairPriorKind = "none"
+    weight: float = 1.0
+    offset: float = 0.0
+    max_gap: float = 1.0  # same_line
+    min_overlap: float = 0.5  # same_line
+
+
+@dataclass
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -289,6 +304,7 @@ class ModelConfig:
     # how the text and attribute tokens join the box token: sum, or concat + linear
     fusion: Fusion = "sum"
     crop: CropConfig = field(default_factory=CropConfig)
+    pair_prior: PairPriorConfig = field(default_factory=PairPriorConfig)
 
 
 @dataclass
@@ -358,6 +374,12 @@ class Config:
     attribute_names: list[str] = field(default_factory=list)
 
 
+def reads_attributes(cfg: Config) -> bool:
+    """Whether a model of ``cfg`` reads each box's ``attributes`` (``model.attributes``, or a
+    ``model.pair_prior`` on them): its data must declare ``attribute_names``."""
+    return cfg.model.attributes.enabled or cfg.model.pair_prior.kind == "attribute_cosine"
+
+
 def _check(cfg: Config) -> None:
     checks: list[tuple[bool, str]] = [
         (cfg.model.detector.min_size >= 32 and cfg.model.detector.max_size
@@ -386,9 +408,11 @@ def _check(cfg: Config) -> None:
         (cfg.model.backbone.name != "none" or cfg.model.roi_context == 0,
          "model.roi_context needs a backbone (model.backbone.name is none)"),
         (cfg.model.detector.backbone is None
-         or not (cfg.model.text.enabled or cfg.model.attributes.enabled),
+         or not (cfg.model.text.enabled or reads_attributes(cfg)),
          "model.text and model.attributes are not available with model.detector (its boxes are "
          "found, not given, so they carry no text)"),
+        (cfg.model.pair_prior.kind == "none" or cfg.loss.pair == "bce",
+         "model.pair_prior adds to pair logits: it needs loss.pair = bce"),
         (cfg.model.relation.layers >= 0, "model.relation.layers must be >= 0"),
         (cfg.model.relation.heads >= 1, "model.relation.heads must be >= 1"),
         (cfg.model.dim % cfg.model.relation.heads == 0,

@@ -72,7 +72,7 @@ def input_names(model: GroupingModel) -> list[str]:
     names = ["image" if model.backbone is not None else "image_size", "boxes"]
     if model.uses_text:
         names += ["text_hashes", "text_offsets", "text_shape"]
-    if model.uses_attributes:
+    if model.reads_attributes:
         names.append("attributes")
     return names
 
@@ -117,7 +117,7 @@ class SingleImageNetwork(nn.Module):
             extra.update(text_hashes=rest[0], text_offsets=rest[1],
                          text_shape=rest[2].unsqueeze(0))
             rest = rest[3:]
-        if self.model.uses_attributes:
+        if self.model.reads_attributes:
             extra["attributes"] = rest[0].unsqueeze(0)
         out = self.model(image, boxes.unsqueeze(0), None, image_sizes, **extra)
         return out["pred_logits"][0], out["pred_affinity"][0]
@@ -192,7 +192,7 @@ def _example_inputs(model: GroupingModel | None = None) -> tuple[Tensor, ...]:
         encoded = encode_texts(_EXAMPLE_TEXTS[:_EXAMPLE_BOXES])
         inputs += [torch.from_numpy(encoded[k])
                    for k in ("text_hashes", "text_offsets", "text_shape")]
-    if model.uses_attributes:
+    if model.reads_attributes:
         count = model.attribute_encoder.mlp[0].in_features
         inputs.append(torch.linspace(-1, 1, _EXAMPLE_BOXES * count).view(_EXAMPLE_BOXES, count))
     return tuple(inputs)
@@ -233,7 +233,7 @@ def _exported_program_bytes(network: SingleImageNetwork, metadata: str) -> bytes
 
 def _has_item_inputs(model: GroupingModel) -> bool:
     """True when the exported graph takes more than (image, boxes)."""
-    return model.backbone is None or model.uses_text or model.uses_attributes
+    return model.backbone is None or model.uses_text or model.reads_attributes
 
 
 class _CheckedNetwork(nn.Module):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from detgroup.checkpoint import load_model_from_checkpoint
-from detgroup.config import Config
+from detgroup.config import Config, reads_attributes
 from detgroup.data.dataset import collate_groups, model_inputs
 from detgroup.data.images import read_image_rgb, to_rgb_uint8
 from detgroup.device import resolve_device
@@ -92,7 +92,7 @@ class Grouper:
     @property
     def attribute_names(self) -> list[str]:
         """Names of the attribute vector the model reads ([] when it reads none)."""
-        return list(self.cfg.attribute_names) if self.cfg.model.attributes.enabled else []
+        return list(self.cfg.attribute_names) if reads_attributes(self.cfg) else []
 
     def _item(self, image: str | Path | np.ndarray | None, boxes: Any, index: int,
               texts: Any = None, attributes: Any = None,

@@ -47,6 +47,7 @@ import torch
 
 from detgroup.baselines import Agglomerative, Scene, Setting, kmeans_oracle_groups, l2_normalise
 from detgroup.baselines import tune as tune_setting
+from detgroup.config import reads_attributes
 from detgroup.data.crop_descriptors import crop_hog, crop_pixels
 from detgroup.data.dataset import GroupDataset, collate_groups, model_inputs
 from detgroup.decoder import partition
@@ -118,7 +119,7 @@ def model_logits(ckpt: Path, ann: Path, images: Path) -> tuple[list[np.ndarray],
     checkpoint's mean forward seconds per scene."""
     model, cfg = load_model_from_checkpoint(ckpt)
     model.eval()
-    if cfg.model.attributes.enabled:  # trained on HOG attributes: the file that carries them
+    if reads_attributes(cfg):  # trained on HOG attributes: the file that carries them
         ann = ann.with_name(HOG_ANNOTATIONS)
     data = GroupDataset(ann, images)
     out, seconds = [], 0.0
@@ -160,6 +161,7 @@ def tune_prior(logits: list[np.ndarray], scenes: list[SceneData]) -> tuple[float
 
 MEMORY_CHILD = r"""
 import json, sys, time, torch
+from detgroup.config import reads_attributes
 from detgroup.data.dataset import GroupDataset, collate_groups, model_inputs
 from detgroup.decoder import partition
 from detgroup.engine.checkpoint import load_model_from_checkpoint
@@ -170,7 +172,7 @@ def hwm():
 ckpt, ann, images, index = sys.argv[1:5]
 model, cfg = load_model_from_checkpoint(ckpt)
 model.eval()
-if cfg.model.attributes.enabled:
+if reads_attributes(cfg):
     ann = ann.replace("annotations.json", "annotations_hog.json")
 item = GroupDataset(ann, images)[int(index)]
 batch = collate_groups([item])

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from detgroup.atomic import atomic_open, atomic_write_json, remove_stale_temp_files
-from detgroup.config import VAL_METRICS, Config, config_to_dict, config_to_yaml
+from detgroup.config import VAL_METRICS, Config, config_to_dict, config_to_yaml, reads_attributes
 from detgroup.data.dataset import GroupDataset, collate_groups, model_inputs
 from detgroup.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from detgroup.engine.evaluate import evaluate, move_batch, unscored_indices
@@ -178,7 +178,7 @@ def build_loaders(cfg: Config) -> tuple[GroupDataset, GroupDataset]:
             f"{cfg.data.val_ann}: categories {val_set.category_names} differ from the training "
             f"set's {train_set.category_names}"
         )
-    if cfg.model.attributes.enabled:
+    if reads_attributes(cfg):
         names = train_set.coco.attribute_names
         if not names:
             raise DetgroupError(f"{cfg.data.train_ann}: model.attributes is on but the file "
@@ -246,7 +246,7 @@ def train(
             f"{cfg.category_names}"
         )
     cfg.category_names = list(names)
-    if cfg.model.attributes.enabled:
+    if reads_attributes(cfg):
         if cfg.attribute_names and cfg.attribute_names != train_set.coco.attribute_names:
             raise DetgroupError(
                 f"{cfg.data.train_ann}: attribute_names {train_set.coco.attribute_names} differ "

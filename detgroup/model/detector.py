@@ -7,11 +7,12 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-from detgroup.config import Config
+from detgroup.config import Config, reads_attributes
 from detgroup.model.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from detgroup.model.crop_encoder import CropEncoder, check_crop_inputs
 from detgroup.model.heads import AssignmentHead, CategoryHead, EmbeddingHead, PairAffinityHead
 from detgroup.model.item_encoders import AttributeEncoder, TextEncoder, TokenFusion
+from detgroup.model.pair_prior import PairPrior
 from detgroup.model.relation import RelationEncoder
 from detgroup.model.roi_extractor import LayoutTokenizer, RoITokenizer
 from detgroup.model.sparse import (
@@ -60,6 +61,7 @@ class GroupingModel(nn.Module):
         fusion: TokenFusion | None = None,
         crop_encoder: CropEncoder | None = None,
         crop_fusion: str = "add",
+        pair_prior: PairPrior | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -77,6 +79,7 @@ class GroupingModel(nn.Module):
             self.attribute_encoder = attribute_encoder
         if fusion is not None:
             self.fusion = fusion
+        self.pair_prior = pair_prior
         self.relation = relation
         self.category_head = category_head
         self.pair_head = pair_head
@@ -91,6 +94,12 @@ class GroupingModel(nn.Module):
     @property
     def uses_attributes(self) -> bool:
         return hasattr(self, "attribute_encoder")
+
+    @property
+    def reads_attributes(self) -> bool:
+        """Whether ``forward`` needs ``attributes`` (the attribute encoder or the pair prior)."""
+        return self.uses_attributes or (self.pair_prior is not None
+                                        and self.pair_prior.uses_attributes)
 
     @property
     def uses_crops(self) -> bool:
@@ -171,12 +180,19 @@ class GroupingModel(nn.Module):
                 parts.append(self.attribute_encoder(attributes.to(tokens.dtype)))
             tokens = self.fusion(parts)  # [B, N, D]
         if self.candidates is not None and self.candidates.active(n):
-            return self._forward_candidates(tokens, boxes, pad_mask)
+            out = self._forward_candidates(tokens, boxes, pad_mask)
+            if self.pair_prior is not None:
+                out["pred_edge_logits"] = out["pred_edge_logits"] + self.pair_prior.on_edges(
+                    boxes, attributes, out["pair_edges"])  # [E]
+            return out
         if not torch.compiler.is_compiling():  # a symbolic N (torch.export) has no size yet
             check_dense_fits(b, n, boxes.device)
         h = self.relation(tokens, pairwise_geometry(boxes), pad_mask)  # [B, N, D]
         out = {"pred_logits": self.category_head(h), "pad_mask": pad_mask, "features": h}
         out.update(self.pair_head(h, boxes))
+        if self.pair_prior is not None and "pred_affinity" in out:
+            out["pred_affinity"] = out["pred_affinity"] + self.pair_prior(
+                boxes, attributes)  # [B, N, N]
         return out
 
     def _forward_candidates(self, tokens: Tensor, boxes: Tensor, pad_mask: Tensor
@@ -226,8 +242,8 @@ def build_model(cfg: Config, *, pretrained: bool = True) -> nn.Module:
     if not cfg.category_names:
         raise ValueError("cfg.category_names must be filled (from the training data) first")
     m = cfg.model
-    if m.attributes.enabled and not cfg.attribute_names:
-        raise ValueError("model.attributes needs cfg.attribute_names (from the training data)")
+    if reads_attributes(cfg) and not cfg.attribute_names:
+        raise ValueError("model.attributes / pair_prior attribute_cosine needs cfg.attribute_names (from the training data)")
     if m.detector.backbone is not None:
         from detgroup.model.grouping_rcnn import build_grouping_faster_rcnn
 
@@ -295,4 +311,7 @@ def build_model(cfg: Config, *, pretrained: bool = True) -> nn.Module:
         fusion=fusion,
         crop_encoder=crop_encoder,
         crop_fusion=m.crop.fusion,
+        pair_prior=None if m.pair_prior.kind == "none" else PairPrior(
+            kind=m.pair_prior.kind, weight=m.pair_prior.weight, offset=m.pair_prior.offset,
+            max_gap=m.pair_prior.max_gap, min_overlap=m.pair_prior.min_overlap),
     )
