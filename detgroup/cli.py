@@ -160,9 +160,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise DetgroupError("give --checkpoint and --images (score a model), or --detections "
                             "(score a results file)")
     from detgroup.atomic import atomic_write_json
+    from detgroup.config import reads_attributes
     from detgroup.engine.checkpoint import load_model_from_checkpoint
     from detgroup.engine.device import resolve_device
-    from detgroup.config import reads_attributes
     from detgroup.engine.evaluate import PostProcess, evaluate, unscored_indices
 
     device = resolve_device(args.device)

@@ -48,7 +48,8 @@ VAL_METRICS = get_args(ValMetric)
 
 # The Literal of each choice type, whichever type OmegaConf is given (read by _choices).
 _LITERALS: dict[str, Any] = {
-    "Backbone": Backbone, "Fusion": Fusion, "CropFusion": CropFusion, "PairPriorKind": PairPriorKind,
+    "Backbone": Backbone, "Fusion": Fusion, "CropFusion": CropFusion,
+    "PairPriorKind": PairPriorKind,
     "DetectorBackbone": DetectorBackbone,
     "PairLoss": PairLoss, "PairBalance": PairBalance, "DecoderMethod": DecoderMethod,
     "Consistency": Consistency, "PairCandidateMode": PairCandidateMode,

@@ -243,7 +243,8 @@ def build_model(cfg: Config, *, pretrained: bool = True) -> nn.Module:
         raise ValueError("cfg.category_names must be filled (from the training data) first")
     m = cfg.model
     if reads_attributes(cfg) and not cfg.attribute_names:
-        raise ValueError("model.attributes / pair_prior attribute_cosine needs cfg.attribute_names (from the training data)")
+        raise ValueError("model.attributes / pair_prior attribute_cosine needs "
+                         "cfg.attribute_names (from the training data)")
     if m.detector.backbone is not None:
         from detgroup.model.grouping_rcnn import build_grouping_faster_rcnn
 
