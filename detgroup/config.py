@@ -73,7 +73,7 @@ def _omegaconf_reads_literal() -> bool:
 
 if not _omegaconf_reads_literal():  # pragma: no cover - depends on the installed OmegaConf
     Backbone = Fusion = CropFusion = DetectorBackbone = PairBalance = str  # type: ignore[misc]
-    PairLoss = str  # type: ignore[misc]
+    PairLoss = PairPriorKind = str  # type: ignore[misc]
     DecoderMethod = Consistency = PairCandidateMode = TrainDevice = ValMetric = str  # type: ignore[misc]
 
 
