@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from detgroup.atomic import atomic_write_bytes
-from detgroup.config import Config, config_from_dict
+from detgroup.config import Config, PairPriorConfig, config_from_dict, reads_attributes
 from detgroup.errors import DetgroupError
 from detgroup.model.detector import build_model
 
@@ -81,10 +81,40 @@ def load_model_weights(model: nn.Module, state: dict[str, Any], path: str | Path
             from None
 
 
-def load_model_from_checkpoint(path: str | Path) -> tuple[nn.Module, Config]:
-    """Model (eval mode, CPU) and its config from any detgroup checkpoint."""
-    state = load_checkpoint(path)
+def load_model_from_checkpoint(path: str | Path, *, pair_prior: PairPriorConfig | None = None,
+                               attribute_names: list[str] | None = None,
+                               source: str | Path | None = None) -> tuple[nn.Module, Config]:
+    """Model (eval mode, CPU) and its config from any detgroup checkpoint.
+
+    ``pair_prior``: replaces the checkpoint's ``model.pair_prior`` (it has no weights, so any
+    checkpoint takes any prior at inference: e.g. HOG cosine on a model trained without it, or
+    ``kind none`` to see a trained model's residual alone). A prior on the pair logits needs a
+    model trained with ``loss.pair = bce`` (logits of a same-group probability). When such a
+    prior reads attributes and the checkpoint names none, ``attribute_names`` (those of
+    ``source``, the data the boxes come from) name them."""
+    return model_from_checkpoint_state(load_checkpoint(path), path, pair_prior=pair_prior,
+                                       attribute_names=attribute_names, source=source)
+
+
+def model_from_checkpoint_state(state: dict[str, Any], path: str | Path, *,
+                                pair_prior: PairPriorConfig | None = None,
+                                attribute_names: list[str] | None = None,
+                                source: str | Path | None = None) -> tuple[nn.Module, Config]:
+    """:func:`load_model_from_checkpoint` on a :func:`load_checkpoint` result (read from
+    ``path``)."""
     cfg = checkpoint_config(state, path)
+    if pair_prior is not None:
+        if pair_prior.kind != "none" and cfg.loss.pair != "bce":
+            raise DetgroupError(f"{path}: a pair prior adds to pair logits of a model trained "
+                                f"with loss.pair = bce; this one has {cfg.loss.pair}")
+        cfg.model.pair_prior = pair_prior
+        if reads_attributes(cfg) and not cfg.attribute_names:
+            if not attribute_names:
+                where = f"{source}: " if source is not None else ""
+                raise DetgroupError(f"{where}the pair prior {pair_prior.kind} reads box "
+                                    f"attributes; {path} names none and neither do the boxes "
+                                    "(no attribute_names)")
+            cfg.attribute_names = list(attribute_names)
     model = build_model(cfg, pretrained=False)  # the checkpoint's weights replace them
     load_model_weights(model, state, path)
     return model.eval(), cfg

@@ -115,11 +115,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_loader(args: argparse.Namespace, batch_size: int, load_images: bool = True) -> Any:
-    from torch.utils.data import DataLoader
+def _pair_prior_arg(spec: str) -> Any:
+    from detgroup.config import parse_pair_prior
 
+    try:
+        return parse_pair_prior(spec)
+    except DetgroupError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_pair_prior(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pair-prior", type=_pair_prior_arg, default=None,
+                   metavar="KIND[:WEIGHT[:OFFSET[:MAX_GAP[:MIN_OVERLAP]]]]",
+                   help="replace the checkpoint's model.pair_prior (no weights: any bce model "
+                        "takes one), e.g. attribute_cosine:16:0.65 (the boxes' attributes, "
+                        "e.g. HOG), same_line:4:0.5:0.796:0.7, or none")
+
+
+def _eval_coco(args: argparse.Namespace) -> Any:
     from detgroup.data.coco_groups import load_coco_groups
-    from detgroup.data.dataset import GroupDataset, collate_groups
 
     coco = load_coco_groups(args.data, clip=args.clip)
     counts = coco.group_label_counts()
@@ -129,6 +143,15 @@ def _eval_loader(args: argparse.Namespace, batch_size: int, load_images: bool = 
     if counts["group_unknown"] == counts["boxes"]:
         raise DetgroupError(f"{args.data}: every box has group_id -1 (group unknown): the "
                             "grouping metrics are undefined")
+    return coco
+
+
+def _eval_loader(args: argparse.Namespace, coco: Any, batch_size: int,
+                 load_images: bool = True) -> Any:
+    from torch.utils.data import DataLoader
+
+    from detgroup.data.dataset import GroupDataset, collate_groups
+
     dataset = GroupDataset(coco, args.images, load_images=load_images)
     return dataset, DataLoader(dataset, batch_size=batch_size, collate_fn=collate_groups)
 
@@ -160,14 +183,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise DetgroupError("give --checkpoint and --images (score a model), or --detections "
                             "(score a results file)")
     from detgroup.atomic import atomic_write_json
+    from detgroup.checkpoint import load_checkpoint, model_from_checkpoint_state
     from detgroup.config import reads_attributes
-    from detgroup.engine.checkpoint import load_model_from_checkpoint
     from detgroup.engine.device import resolve_device
     from detgroup.engine.evaluate import PostProcess, evaluate, unscored_indices
 
     device = resolve_device(args.device)
-    model, cfg = load_model_from_checkpoint(args.checkpoint)
-    dataset, loader = _eval_loader(args, cfg.data.batch_size,
+    state = load_checkpoint(args.checkpoint)  # a bad checkpoint is named before the data
+    coco = _eval_coco(args)
+    # a --pair-prior on attributes of a checkpoint that reads none: the data file's names
+    model, cfg = model_from_checkpoint_state(state, args.checkpoint, pair_prior=args.pair_prior,
+                                             attribute_names=coco.attribute_names or None,
+                                             source=args.data)
+    dataset, loader = _eval_loader(args, coco, cfg.data.batch_size,
                                    load_images=cfg.model.backbone.name != "none")
     if dataset.category_names != cfg.category_names:
         raise DetgroupError(
@@ -231,6 +259,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         device=args.device, method=args.method, neighbors=args.neighbors,
         overlays=not args.no_overlays,
         heatmap=args.heatmap, resume=not args.no_resume, clip=args.clip,
+        pair_prior=args.pair_prior,
     )
     print(f"{summary['images_done']} images grouped, {summary['images_skipped']} already done, "
           f"{summary['images_failed']} failed -> {args.out}")
@@ -422,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair-bias", type=float, default=None,
                    help="added to the pair logits before decoding (default: the checkpoint's "
                         "decoder.pair_bias)")
+    _add_pair_prior(p)
     _add_clip(p)
     p.add_argument("--per-image", type=Path, help="write per-image metrics JSON here")
     p.add_argument("--report", type=Path, metavar="DIR",
@@ -462,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     _add_device(p)
     _add_decoder(p)
+    _add_pair_prior(p)
     _add_clip(p)
     p.add_argument("--no-overlays", action="store_true", help="write no overlay PNGs")
     p.add_argument("--heatmap", action="store_true", help="add the affinity heat map to overlays")

@@ -8,6 +8,7 @@ The defaults are the recipe for the built-in synthetic set. A YAML file only ove
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -373,6 +374,31 @@ class Config:
     category_names: list[str] = field(default_factory=list)  # filled from the training data
     # the training data's top-level attribute_names (when model.attributes is on)
     attribute_names: list[str] = field(default_factory=list)
+
+
+def parse_pair_prior(spec: str) -> PairPriorConfig:
+    """A ``model.pair_prior`` from ``KIND[:WEIGHT[:OFFSET[:MAX_GAP[:MIN_OVERLAP]]]]`` (the
+    ``--pair-prior`` of ``eval`` / ``infer``), e.g. ``attribute_cosine:16:0.65``,
+    ``same_line:4:0.5:0.796:0.7`` or ``none``; omitted fields keep their defaults."""
+    parts = spec.split(":")
+    kinds = get_args(PairPriorKind)
+    where = f"--pair-prior {spec!r}"
+    if parts[0] not in kinds:
+        raise DetgroupError(f"{where}: the kind must be one of {list(kinds)}")
+    names = ("weight", "offset", "max_gap", "min_overlap")
+    if len(parts) > 1 + len(names):
+        raise DetgroupError(f"{where}: at most KIND:WEIGHT:OFFSET:MAX_GAP:MIN_OVERLAP")
+    values: dict[str, float] = {}
+    for name, text in zip(names, parts[1:], strict=False):
+        try:
+            values[name] = float(text)
+        except ValueError:
+            raise DetgroupError(f"{where}: {name} {text!r} is not a number") from None
+        if not math.isfinite(values[name]):
+            raise DetgroupError(f"{where}: {name} must be finite, got {text}")
+    if values.get("max_gap", 1.0) < 0 or not 0 <= values.get("min_overlap", 0.5) <= 1:
+        raise DetgroupError(f"{where}: max_gap must be >= 0 and min_overlap in [0, 1]")
+    return PairPriorConfig(kind=parts[0], **values)  # type: ignore[arg-type]
 
 
 def reads_attributes(cfg: Config) -> bool:

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from detgroup.checkpoint import load_model_from_checkpoint
-from detgroup.config import Config, reads_attributes
+from detgroup.checkpoint import load_checkpoint, model_from_checkpoint_state
+from detgroup.config import Config, PairPriorConfig, parse_pair_prior, reads_attributes
 from detgroup.data.dataset import collate_groups, model_inputs
 from detgroup.data.images import read_image_rgb, to_rgb_uint8
 from detgroup.device import resolve_device
@@ -53,15 +53,26 @@ class Grouper:
         cls, path: str | Path, *, device: str = "cpu", method: str | None = None,
         consistency: str | None = None, neighbors: int | None = None,
         pair_bias: float | None = None, clip: bool = False,
+        pair_prior: PairPriorConfig | str | None = None,
+        attribute_names: list[str] | None = None, state: dict[str, Any] | None = None,
     ) -> Grouper:
         """Load a checkpoint written by ``detgroup train`` (the config travels inside).
 
         ``device``: ``cpu``, ``cuda`` or ``cuda:K``; the decoder settings default to the
         checkpoint's ``decoder`` section; ``clip``: clip boxes that leave their image instead of
-        refusing them (:func:`check_boxes`).
+        refusing them (:func:`check_boxes`). ``pair_prior`` (a :class:`PairPriorConfig` or a
+        spec such as ``"attribute_cosine:16:0.65"``, :func:`detgroup.config.parse_pair_prior`)
+        replaces the checkpoint's ``model.pair_prior``; ``attribute_names`` names the
+        attribute vectors such a prior reads when the checkpoint itself reads none. ``state``:
+        the checkpoint already read by :func:`detgroup.checkpoint.load_checkpoint` (not read
+        again).
         """
         torch_device = resolve_device(device)
-        model, cfg = load_model_from_checkpoint(path)
+        if isinstance(pair_prior, str):
+            pair_prior = parse_pair_prior(pair_prior)
+        model, cfg = model_from_checkpoint_state(
+            load_checkpoint(path) if state is None else state, path, pair_prior=pair_prior,
+            attribute_names=attribute_names)
         return cls(model, cfg, device=torch_device, method=method, consistency=consistency,
                    neighbors=neighbors, pair_bias=pair_bias, clip=clip)
 

@@ -45,6 +45,8 @@ import numpy as np
 from tqdm import tqdm
 
 from detgroup.atomic import atomic_write_json, remove_stale_temp_files
+from detgroup.checkpoint import load_checkpoint
+from detgroup.config import PairPriorConfig
 from detgroup.data.box_sources import (
     IMAGE_SUFFIXES,
     BoxSource,
@@ -124,24 +126,31 @@ def run_inference(
     heatmap: bool = False,
     resume: bool = True,
     clip: bool = False,
+    pair_prior: PairPriorConfig | None = None,
 ) -> dict[str, Any]:
     """Group the boxes of every image; returns a summary (counts, failures, timings).
 
     ``clip``: clip boxes that leave their image instead of failing the image (and, for a COCO
-    box file, instead of refusing the file).
+    box file, instead of refusing the file). ``pair_prior``: replaces the checkpoint's
+    ``model.pair_prior`` (:meth:`Grouper.from_checkpoint`).
     """
     from detgroup.visualize import draw_groups, save_rgb_png
 
     if boxes is not None and detector is not None:
         raise DetgroupError("give at most one of --boxes and --detector")
+    # a bad checkpoint is named before the boxes (with a --pair-prior the box file is read first:
+    # a prior on attributes of a checkpoint that names none takes the COCO box file's names)
+    state = load_checkpoint(checkpoint)
+    source = BoxSource(boxes, clip=clip) if boxes is not None else None
+    file_names = source.coco.attribute_names if source is not None and source.coco else None
     grouper = Grouper.from_checkpoint(checkpoint, device=device, method=method,
-                                      neighbors=neighbors, clip=clip)
+                                      neighbors=neighbors, clip=clip, pair_prior=pair_prior,
+                                      attribute_names=file_names, state=state)
     # neither: the model detects the boxes itself (trained with model.detector)
     self_detect = boxes is None and detector is None
     if self_detect and not grouper.detects:
         raise DetgroupError(f"{checkpoint}: this model groups given boxes (trained without "
                             "model.detector): give --boxes or --detector")
-    source = BoxSource(boxes, clip=clip) if boxes is not None else None
     inputs: list[InputImage | str] = (
         source.inputs(images) if source is not None
         else [InputImage(p, n, k) for k, (p, n) in enumerate(list_images(images), start=1)]
