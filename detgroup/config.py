@@ -46,6 +46,7 @@ DECODERS = get_args(DecoderMethod)
 CONSISTENCY = get_args(Consistency)
 PAIR_CANDIDATE_MODES = get_args(PairCandidateMode)
 VAL_METRICS = get_args(ValMetric)
+PAIR_PRIOR_KINDS = get_args(PairPriorKind)
 
 # The Literal of each choice type, whichever type OmegaConf is given (read by _choices).
 _LITERALS: dict[str, Any] = {
@@ -381,7 +382,7 @@ def parse_pair_prior(spec: str) -> PairPriorConfig:
     ``--pair-prior`` of ``eval`` / ``infer``), e.g. ``attribute_cosine:16:0.65``,
     ``same_line:4:0.5:0.796:0.7`` or ``none``; omitted fields keep their defaults."""
     parts = spec.split(":")
-    kinds = get_args(PairPriorKind)
+    kinds = PAIR_PRIOR_KINDS  # not get_args(PairPriorKind): that is str under OmegaConf 2.3
     where = f"--pair-prior {spec!r}"
     if parts[0] not in kinds:
         raise DetgroupError(f"{where}: the kind must be one of {list(kinds)}")
