@@ -163,6 +163,9 @@ def cmd_eval_detections(args: argparse.Namespace) -> int:
     if args.checkpoint is not None or args.images is not None:
         raise DetgroupError("--detections scores a results file; give it without --checkpoint "
                             "and --images")
+    if args.ignore_categories:
+        raise DetgroupError("--ignore-categories scores a checkpoint's grouping; it does not "
+                            "apply to --detections")
     summary, per_image = evaluate_detections(args.detections, args.data,
                                              min_score=args.min_score)
     if args.per_image:
@@ -195,30 +198,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, cfg = model_from_checkpoint_state(state, args.checkpoint, pair_prior=args.pair_prior,
                                              attribute_names=coco.attribute_names or None,
                                              source=args.data)
-    dataset, loader = _eval_loader(args, coco, cfg.data.batch_size,
+    dataset, loader = _eval_loader(args, coco, args.batch_size or cfg.data.batch_size,
                                    load_images=cfg.model.backbone.name != "none")
-    if dataset.category_names != cfg.category_names:
+    if dataset.category_names != cfg.category_names and not args.ignore_categories:
         raise DetgroupError(
             f"{args.data}: categories {dataset.category_names} differ from the checkpoint's "
-            f"{cfg.category_names}"
+            f"{cfg.category_names} (--ignore-categories scores the grouping alone)"
         )
+    if args.ignore_categories and args.unscored_categories:
+        raise DetgroupError("--ignore-categories scores one category: give no "
+                            "--unscored-categories")
     if reads_attributes(cfg) and dataset.coco.attribute_names != cfg.attribute_names:
         raise DetgroupError(
             f"{args.data}: attribute_names {dataset.coco.attribute_names} differ from the "
             f"checkpoint's {cfg.attribute_names}"
         )
+    # --ignore-categories: every box of one category, decoded by the pair logits alone
+    scored = ["any"] if args.ignore_categories else list(cfg.category_names)
     names = (cfg.data.unscored_categories if args.unscored_categories is None
              else args.unscored_categories)
-    unscored = unscored_indices(cfg.category_names, names, source="--unscored-categories")
+    unscored = ([] if args.ignore_categories else
+                unscored_indices(cfg.category_names, names, source="--unscored-categories"))
     post = PostProcess.from_config(cfg.decoder, method=args.method,
                                    consistency=args.consistency, pair_bias=args.pair_bias,
-                                   neighbors=args.neighbors)
+                                   neighbors=args.neighbors,
+                                   ignore_categories=args.ignore_categories)
     report = None
     if args.report:
         from detgroup.report import ReportBuilder
 
         report = ReportBuilder(
-            category_names=cfg.category_names,
+            category_names=scored,
             image_files={info["id"]: Path(args.images) / info["file_name"]
                          for info in dataset.coco.images},
             sort=args.report_sort, max_images=args.report_images,
@@ -227,8 +237,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                   ("decoder", f"{post.method}, {post.consistency}, pair bias "
                               f"{post.pair_bias:+.3f}, neighbors {post.neighbors}")])
     summary, per_image = evaluate(
-        model, loader, num_classes=len(cfg.category_names), postprocess=post,
+        model, loader, num_classes=len(scored), postprocess=post,
         device=device, progress=True, unscored_categories=unscored,
+        ignore_categories=args.ignore_categories,
         on_image=None if report is None else report.add,
     )
     if args.per_image:
@@ -319,6 +330,13 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text.strip()) if text.strip().lstrip("-").isdigit() else None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
 
 
@@ -465,6 +483,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unscored-categories", nargs="*", metavar="NAME", default=None,
                    help="categories left out of the entity_* metrics (LayoutLM / FUNSD: other); "
                         "default: the checkpoint's data.unscored_categories")
+    p.add_argument("--batch-size", type=_positive_int, default=None, metavar="B",
+                   help="images per forward (default: the checkpoint's data.batch_size). A "
+                        "backbone with group norm (small, resnet* from scratch) normalises over "
+                        "the padded batch, so a scene's scores move slightly with the sizes of "
+                        "the images batched with it; 1 scores each image alone, as infer does")
+    p.add_argument("--ignore-categories", action="store_true",
+                   help="score the grouping alone: decode by the pair logits only and count "
+                        "every box as one category, so the data's categories need not be the "
+                        "checkpoint's (e.g. alphabets or classes never trained on); cat_acc is "
+                        "then 1 by construction")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.set_defaults(func=cmd_eval)
 

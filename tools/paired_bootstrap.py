@@ -29,6 +29,7 @@ from benchlib.methods import per_box_outputs, vote_categories
 from torch.utils.data import DataLoader
 
 from detgroup.baselines import LineLinker
+from detgroup.config import parse_pair_prior
 from detgroup.data.dataset import GroupDataset, collate_groups
 from detgroup.engine.checkpoint import checkpoint_config, load_checkpoint
 from detgroup.engine.evaluate import PostProcess
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--unscored-categories", nargs="*", default=[], metavar="NAME",
                     help="categories left out of the entity F1 (LayoutLM / FUNSD: other)")
+    ap.add_argument("--pair-prior", default=None, metavar="KIND[:WEIGHT[:OFFSET[:...]]]",
+                    help="replace the model's pair prior at inference, as detgroup eval "
+                         "--pair-prior (e.g. same_line:4:0.5:0.796:0.7)")
     args = ap.parse_args(argv)
     if args.draws < 1:
         ap.error("--draws must be >= 1")
@@ -91,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     bias = post.pair_bias  # decode() takes the logits with it added
     loader = DataLoader(GroupDataset(args.ann, args.images), batch_size=8,
                         collate_fn=collate_groups)
-    model = per_box_outputs(args.checkpoint, loader, torch.device("cpu"))[0]
+    prior = parse_pair_prior(args.pair_prior) if args.pair_prior else None
+    model = per_box_outputs(args.checkpoint, loader, torch.device("cpu"), prior)[0]
     classifier = per_box_outputs(args.rule_categories, loader, torch.device("cpu"))[0]
     if not model:
         raise SystemExit(f"{args.ann}: no images")
@@ -124,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         rows["model, agnostic"].append(exact_counts(zeros, im.groups, zeros, agnostic.groups))
         rows["rule, agnostic"].append(exact_counts(zeros, im.groups, zeros, groups))
     counts = {k: np.array(v, dtype=np.int64) for k, v in rows.items()}  # each [images, 3]
-    print(f"{args.checkpoint} on {args.ann} ({len(model)} images), {post.method}, "
+    with_prior = f" + pair prior {args.pair_prior}" if prior else ""
+    print(f"{args.checkpoint}{with_prior} on {args.ann} ({len(model)} images), {post.method}, "
           f"{post.neighbors} neighbours, pair bias {bias:+.3f}; rule gap <= {args.rule_gap} x "
           f"height, overlap >= {args.rule_overlap}, categories of {args.rule_categories}\n")
     print("| method | exact-group F1 |\n|---|---|")

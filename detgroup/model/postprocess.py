@@ -80,7 +80,8 @@ class PostProcess:
 
     def __init__(self, *, method: str = "gaec-kl", consistency: str = "joint",
                  pair_bias: float = 0.0, neighbors: int = 0,
-                 category_names: list[str] | None = None) -> None:
+                 category_names: list[str] | None = None,
+                 ignore_categories: bool = False) -> None:
         if neighbors and method == "exact":
             raise DetgroupError("decoder method 'exact' decodes every pair; it cannot be used "
                                 f"with neighbors={neighbors} (use neighbors 0)")
@@ -89,18 +90,22 @@ class PostProcess:
         self.pair_bias = pair_bias  # added to the pair logits (see DecoderConfig.pair_bias)
         self.neighbors = neighbors  # 0: every pair; k: each box's k nearest (DecoderConfig)
         self.category_names = list(category_names or [])  # copied into every Prediction
+        # decode the pair logits alone, every box of one category (index 0): the grouping of
+        # boxes whose categories the model never learnt (e.g. Omniglot alphabets left out)
+        self.ignore_categories = ignore_categories
 
     @classmethod
     def from_config(cls, decoder: Any, *, method: str | None = None,
                     consistency: str | None = None, pair_bias: float | None = None,
                     neighbors: int | None = None,
-                    category_names: list[str] | None = None) -> PostProcess:
+                    category_names: list[str] | None = None,
+                    ignore_categories: bool = False) -> PostProcess:
         """From a :class:`~detgroup.config.DecoderConfig`, each field overridable."""
         return cls(method=method or decoder.method,
                    consistency=consistency or decoder.consistency,
                    pair_bias=decoder.pair_bias if pair_bias is None else pair_bias,
                    neighbors=decoder.neighbors if neighbors is None else neighbors,
-                   category_names=category_names)
+                   category_names=category_names, ignore_categories=ignore_categories)
 
     def settings(self) -> dict[str, Any]:
         """Keyword arguments of :func:`detgroup.decoder.partition` that decode as this does."""
@@ -122,7 +127,7 @@ class PostProcess:
         """outputs: the model's dict; boxes [B, N, 4]; image_ids [B]."""
         if "pair_edges" in outputs:
             return self._sparse(outputs, boxes, image_ids)
-        logits = outputs["pred_logits"].float().cpu().numpy()  # [B, N, C]
+        logits = self._class_logits(outputs)  # [B, N, C]
         pair = outputs["pred_affinity"].float().cpu().numpy() + self.pair_bias  # [B, N, N]
         real = (~outputs["pad_mask"]).cpu().numpy()  # [B, N]
         boxes_np = boxes.float().cpu().numpy()
@@ -141,7 +146,7 @@ class PostProcess:
                 ) -> list[Prediction]:
         """Decode the candidate pairs (``pair_edges`` [E, 2] flat, ``pred_edge_logits`` [E])
         with ``decode_sparse``; ``neighbors`` does not apply (the graph is the model's)."""
-        logits = outputs["pred_logits"].float().cpu().numpy()  # [B, N, C]
+        logits = self._class_logits(outputs)  # [B, N, C]
         real = (~outputs["pad_mask"]).cpu().numpy()  # [B, N]
         edges = outputs["pair_edges"].cpu().numpy()  # [E, 2]
         edge_logits = outputs["pred_edge_logits"].float().cpu().numpy() + self.pair_bias  # [E]
@@ -167,6 +172,12 @@ class PostProcess:
             results.append(self._prediction(image_id, boxes_np[b][keep], cls_b, part,
                                             pair_probs))
         return results
+
+    def _class_logits(self, outputs: dict[str, Tensor]) -> np.ndarray:
+        """The class logits [B, N, C] the decoder sees; [B, N, 1] zeros (one category, so the
+        decoder partitions by the pair logits alone) with ``ignore_categories``."""
+        logits = outputs["pred_logits"].float().cpu().numpy()  # [B, N, C]
+        return np.zeros((*logits.shape[:2], 1), np.float32) if self.ignore_categories else logits
 
     def _prediction(self, image_id: int, boxes: np.ndarray, class_logits: np.ndarray,
                     part: Partition, pair_probs: np.ndarray | sp.csr_matrix) -> Prediction:

@@ -32,7 +32,7 @@ from detgroup.baselines import (
     scene_groups,
     tune,
 )
-from detgroup.config import Config, config_to_dict, load_config
+from detgroup.config import Config, PairPriorConfig, config_to_dict, load_config
 from detgroup.data.coco_groups import load_coco_groups
 from detgroup.data.dataset import GroupDataset, collate_groups, model_inputs
 from detgroup.engine.checkpoint import (
@@ -248,11 +248,13 @@ def decoder_settings(variant: str, spec: DatasetSpec, args: argparse.Namespace
 
 
 @torch.no_grad()
-def per_box_outputs(ckpt: Path, loader: DataLoader,
-                    device: torch.device) -> tuple[list[PerBoxOutputs], float, float]:
+def per_box_outputs(ckpt: Path, loader: DataLoader, device: torch.device,
+                    pair_prior: PairPriorConfig | None = None,
+                    ) -> tuple[list[PerBoxOutputs], float, float]:
     """The per-box outputs of every image of ``loader``, and per image the model's wall ms
-    (forward only) and the pass's CPU ms (image loading included), as :func:`score_model`."""
-    model, _ = load_model_from_checkpoint(ckpt)
+    (forward only) and the pass's CPU ms (image loading included), as :func:`score_model`.
+    ``pair_prior``: replaces the checkpoint's (as ``detgroup eval --pair-prior``)."""
+    model, _ = load_model_from_checkpoint(ckpt, pair_prior=pair_prior)
     model = model.to(device)
     images: list[PerBoxOutputs] = []
     seconds = 0.0
