@@ -15,7 +15,9 @@ Rows:
   characters of the trained alphabets, all 20 drawers: closer in size to the evaluation scenes),
   and raw pixels + Ward; ``HOG + k-means (oracle K)`` is given the true number of characters.
 * one row per ``--model NAME=CHECKPOINT``: the model's pair logits decoded by the partition
-  decoder (gaec-kl, categories ignored, the checkpoint's ``decoder.pair_bias``); and with
+  decoder (gaec-kl, categories ignored, the checkpoint's ``decoder.pair_bias``); a model trained
+  with ``loss.pair`` kcl or mcl also gets ``NAME, argmax of the cluster head (L2C)``, each glyph
+  in the cluster of its largest output node (L2C's decoding, K^ = the nodes used); and with
   ``--hog-prior`` also ``NAME, pair bias tuned on val`` (the pair logits shifted by the
   constant of the best val ARI) and ``NAME + HOG prior``: pair logits + alpha x (cosine of
   the two HOG descriptors - tau), a fixed (non-learned) layer on top of the model, alpha and
@@ -114,15 +116,18 @@ def ward_row(tune_on: list[SceneData], evaluate: dict[str, list[SceneData]], fea
 
 
 @torch.no_grad()
-def model_logits(ckpt: Path, ann: Path, images: Path) -> tuple[list[np.ndarray], float, float]:
-    """Symmetric pair logits [N, N] (plus the checkpoint's pair_bias) per scene, and the
-    checkpoint's mean forward seconds per scene."""
+def model_logits(ckpt: Path, ann: Path, images: Path
+                 ) -> tuple[list[np.ndarray], float, float, list[np.ndarray] | None]:
+    """Symmetric pair logits [N, N] (plus the checkpoint's pair_bias) per scene, the
+    checkpoint's mean forward seconds per scene, its pair bias, and for a model with a cluster
+    head (``loss.pair`` kcl / mcl) the argmax of that head per scene ([N]: L2C's clustering)."""
     model, cfg = load_model_from_checkpoint(ckpt)
     model.eval()
     if reads_attributes(cfg):  # trained on HOG attributes: the file that carries them
         ann = ann.with_name(HOG_ANNOTATIONS)
     data = GroupDataset(ann, images)
     out, seconds = [], 0.0
+    assign: list[np.ndarray] = []
     for i in range(len(data)):
         batch = collate_groups([data[i]])
         start = time.perf_counter()
@@ -130,7 +135,10 @@ def model_logits(ckpt: Path, ann: Path, images: Path) -> tuple[list[np.ndarray],
         seconds += time.perf_counter() - start
         logits = pred["pred_affinity"][0].float().numpy() + cfg.decoder.pair_bias
         out.append((logits + logits.T) / 2)
-    return out, seconds / max(len(data), 1), float(cfg.decoder.pair_bias)
+        if "pred_assign" in pred:
+            assign.append(pred["pred_assign"][0].argmax(-1).numpy())
+    return (out, seconds / max(len(data), 1), float(cfg.decoder.pair_bias),
+            assign if assign else None)
 
 
 def decode(logits: np.ndarray) -> np.ndarray:
@@ -243,6 +251,12 @@ def main(argv: list[str] | None = None) -> None:
                       "scenes": {s: [scores(sc.groups, decode(w)) for sc, w in
                                      zip(evaluate[s], logits[s][0], strict=True)]
                                  for s in args.splits}}
+        if logits[args.splits[0]][3] is not None:  # L2C's own decoding: the cluster head
+            rows[f"{name}, argmax of the cluster head (L2C)"] = {
+                "setting": "K^ = output nodes used",
+                "scenes": {s: [scores(sc.groups, a) for sc, a in
+                               zip(evaluate[s], logits[s][3], strict=True)]
+                           for s in args.splits}}
         if args.hog_prior:
             val_logits = model_logits(ckpt_path, *split_files("val"))[0]
             bias = tune_bias(val_logits, val)
