@@ -485,9 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the checkpoint's data.unscored_categories")
     p.add_argument("--batch-size", type=_positive_int, default=None, metavar="B",
                    help="images per forward (default: the checkpoint's data.batch_size). A "
-                        "backbone with group norm (small, resnet* from scratch) normalises over "
-                        "the padded batch, so a scene's scores move slightly with the sizes of "
-                        "the images batched with it; 1 scores each image alone, as infer does")
+                        "resnet* backbone trained from scratch (group norm) normalises over the "
+                        "padded batch, so a scene's scores move slightly with the sizes of the "
+                        "images batched with it; 1 scores each image alone, as infer does")
     p.add_argument("--ignore-categories", action="store_true",
                    help="score the grouping alone: decode by the pair logits only and count "
                         "every box as one category, so the data's categories need not be the "

@@ -27,12 +27,53 @@ def _gn(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(32, channels // 4), channels)
 
 
+def image_extents(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Height and width [B, 1] of each image of a padded batch ``x`` [B, C, H, W]: up to its
+    last row / column that is non-zero in some channel (the padding of
+    :meth:`GroupingModel.normalised` is zero; a real pixel of an 8-bit image is never exactly the
+    ImageNet mean in all three channels, so never zero after normalisation)."""
+    h, w = x.shape[-2:]
+    nonzero = (x != 0).any(1)  # [B, H, W]
+    rows = nonzero.any(2).to(x.dtype) * torch.arange(1, h + 1, device=x.device, dtype=x.dtype)
+    cols = nonzero.any(1).to(x.dtype) * torch.arange(1, w + 1, device=x.device, dtype=x.dtype)
+    return rows.amax(1, keepdim=True), cols.amax(1, keepdim=True)
+
+
+def level_mask(feature: Tensor, height: Tensor, width: Tensor, stride: int) -> Tensor:
+    """[B, 1, h, w] 1.0 where a cell of the stride-``stride`` map ``feature`` [B, C, h, w]
+    lies inside its image (cell i covers pixel i * stride), else 0.0."""
+    h, w = feature.shape[-2:]
+    r = (torch.arange(h, device=feature.device, dtype=height.dtype) * stride)[None] < height
+    c = (torch.arange(w, device=feature.device, dtype=width.dtype) * stride)[None] < width
+    return (r[:, None, :, None] & c[:, None, None, :]).to(feature.dtype)
+
+
+def masked_group_norm(x: Tensor, mask: Tensor, weight: Tensor, bias: Tensor, groups: int,
+                      eps: float) -> Tensor:
+    """``nn.GroupNorm`` of ``x`` [B, C, H, W] whose statistics count only the positions where
+    ``mask`` [B, 1, H, W] is 1 (equal to ``F.group_norm`` when the mask is all ones)."""
+    b, ch, h, w = x.shape
+    # statistics in float32 whatever autocast gives (a float16 sum over a map overflows)
+    xg = x.float().reshape(b, groups, ch // groups, h, w)
+    m = mask.float().reshape(b, 1, 1, h, w)
+    count = (m.sum((2, 3, 4), keepdim=True) * (ch // groups)).clamp(min=1.0)  # [B, G, 1, 1, 1]
+    mean = (xg * m).sum((2, 3, 4), keepdim=True) / count
+    var = (((xg - mean) ** 2) * m).sum((2, 3, 4), keepdim=True) / count
+    y = ((xg - mean) / torch.sqrt(var + eps)).reshape(b, ch, h, w)
+    return (y * weight.float()[None, :, None, None]
+            + bias.float()[None, :, None, None]).to(x.dtype)
+
+
 class SmallConvNet(nn.Module):
     """A light convnet for low-resolution scenes, with stride-4 and stride-8 outputs.
 
     Three stride-2 stages; the stride-8 map is added to the stride-4 one after a 1x1
     projection and upsampling (a top-down FPN path without the costly 3x3 output convs).
     Output: ``OrderedDict`` ``{"0": [B, C, H/4, W/4], "1": [B, C, H/8, W/8]}``.
+
+    Padding-invariant: the group norms take their statistics inside each image only
+    (:func:`image_extents`) and every activation outside it is zeroed, so an image's maps are
+    those it gets alone (up to float rounding), whatever it is batched with.
     """
 
     def __init__(self, *, width: int = 32, out_channels: int = 64) -> None:
@@ -51,11 +92,33 @@ class SmallConvNet(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        c2 = self.stage2(self.stem(x))  # [B, width, H/4, W/4]
-        c3 = self.stage3(c2)  # [B, 2 width, H/8, W/8]
-        p3 = self.lateral8(c3)  # [B, C, H/8, W/8]
-        top_down = F.interpolate(p3, size=c2.shape[-2:], mode="nearest")
-        p2 = self.lateral4(c2) + top_down  # [B, C, H/4, W/4]
+        height, width = image_extents(x)  # [B, 1] each: where each image is
+        x = self.stem[0](x)
+        m1 = level_mask(x, height, width, 2)  # [B, 1, H/2, W/2]
+        x = F.relu(masked_group_norm(x, m1, self.stem[1].weight, self.stem[1].bias,
+                                     self.stem[1].num_groups, self.stem[1].eps)) * m1
+        x = self.stage2[0][0](x)
+        m2 = level_mask(x, height, width, 4)  # [B, 1, H/4, W/4]
+        x = F.relu(masked_group_norm(x, m2, self.stage2[0][1].weight, self.stage2[0][1].bias,
+                                     self.stage2[0][1].num_groups, self.stage2[0][1].eps)) * m2
+        x = self.stage2[1][0](x)
+        c2 = F.relu(masked_group_norm(x, m2, self.stage2[1][1].weight, self.stage2[1][1].bias,
+                                      self.stage2[1][1].num_groups,
+                                      self.stage2[1][1].eps)) * m2  # [B, width, H/4, W/4]
+        x = self.stage3[0][0](c2)
+        m3 = level_mask(x, height, width, 8)  # [B, 1, H/8, W/8]
+        x = F.relu(masked_group_norm(x, m3, self.stage3[0][1].weight, self.stage3[0][1].bias,
+                                     self.stage3[0][1].num_groups, self.stage3[0][1].eps)) * m3
+        x = self.stage3[1][0](x)
+        c3 = F.relu(masked_group_norm(x, m3, self.stage3[1][1].weight, self.stage3[1][1].bias,
+                                      self.stage3[1][1].num_groups,
+                                      self.stage3[1][1].eps)) * m3  # [B, 2 width, H/8, W/8]
+        p3 = self.lateral8(c3) * m3  # [B, C, H/8, W/8]
+        # nearest x2: cell (i, j) of the stride-4 map reads (i // 2, j // 2) whatever the size
+        rows = torch.arange(c2.shape[-2], device=c2.device) // 2
+        cols = torch.arange(c2.shape[-1], device=c2.device) // 2
+        top_down = p3.index_select(-2, rows).index_select(-1, cols)  # [B, C, H/4, W/4]
+        p2 = (self.lateral4(c2) + top_down) * m2  # [B, C, H/4, W/4]
         return OrderedDict([("0", p2), ("1", p3)])
 
 
