@@ -270,7 +270,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         device=args.device, method=args.method, neighbors=args.neighbors,
         overlays=not args.no_overlays,
         heatmap=args.heatmap, resume=not args.no_resume, clip=args.clip,
-        pair_prior=args.pair_prior,
+        pair_prior=args.pair_prior, ignore_categories=args.ignore_categories,
     )
     print(f"{summary['images_done']} images grouped, {summary['images_skipped']} already done, "
           f"{summary['images_failed']} failed -> {args.out}")
@@ -525,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlays", action="store_true", help="write no overlay PNGs")
     p.add_argument("--heatmap", action="store_true", help="add the affinity heat map to overlays")
     p.add_argument("--no-resume", action="store_true", help="redo images already done in OUT")
+    p.add_argument("--ignore-categories", action="store_true",
+                   help="group by the pair logits alone: every box is of the one category "
+                        "'object' (boxes of classes the model never learnt)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.set_defaults(func=cmd_infer)
 

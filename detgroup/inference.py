@@ -24,6 +24,9 @@ __all__ = ["GroupResult", "Grouper", "check_boxes"]
 GroupResult = Prediction  # the API's name for the one prediction type
 
 
+AGNOSTIC_CATEGORY = "object"  # the one category of Grouper(ignore_categories=True)
+
+
 class Grouper:
     """A trained model plus its decoder, ready for images and boxes."""
 
@@ -38,15 +41,19 @@ class Grouper:
         neighbors: int | None = None,
         pair_bias: float | None = None,
         clip: bool = False,
+        ignore_categories: bool = False,
     ) -> None:
         self.device = torch.device(device)
         self.clip = clip  # clip boxes that leave the image (else they are an error)
         self.model = model.to(self.device).eval()
         self.cfg = cfg
+        # group by the pair logits alone, every box of the one category AGNOSTIC_CATEGORY
+        self.ignore_categories = ignore_categories
         self.postprocess = PostProcess.from_config(cfg.decoder, method=method,
                                                    consistency=consistency, neighbors=neighbors,
                                                    pair_bias=pair_bias,
-                                                   category_names=list(cfg.category_names))
+                                                   category_names=self.category_names,
+                                                   ignore_categories=ignore_categories)
 
     @classmethod
     def from_checkpoint(
@@ -55,6 +62,7 @@ class Grouper:
         pair_bias: float | None = None, clip: bool = False,
         pair_prior: PairPriorConfig | str | None = None,
         attribute_names: list[str] | None = None, state: dict[str, Any] | None = None,
+        ignore_categories: bool = False,
     ) -> Grouper:
         """Load a checkpoint written by ``detgroup train`` (the config travels inside).
 
@@ -65,7 +73,8 @@ class Grouper:
         replaces the checkpoint's ``model.pair_prior``; ``attribute_names`` names the
         attribute vectors such a prior reads when the checkpoint itself reads none. ``state``:
         the checkpoint already read by :func:`detgroup.checkpoint.load_checkpoint` (not read
-        again).
+        again). ``ignore_categories``: group by the pair logits alone, every box of the one
+        category ``"object"`` (boxes of classes the model never learnt, e.g. new alphabets).
         """
         torch_device = resolve_device(device)
         if isinstance(pair_prior, str):
@@ -74,7 +83,8 @@ class Grouper:
             load_checkpoint(path) if state is None else state, path, pair_prior=pair_prior,
             attribute_names=attribute_names)
         return cls(model, cfg, device=torch_device, method=method, consistency=consistency,
-                   neighbors=neighbors, pair_bias=pair_bias, clip=clip)
+                   neighbors=neighbors, pair_bias=pair_bias, clip=clip,
+                   ignore_categories=ignore_categories)
 
     @property
     def decoder_settings(self) -> dict[str, Any]:
@@ -84,6 +94,10 @@ class Grouper:
 
     @property
     def category_names(self) -> list[str]:
+        """The names of the predicted categories: the checkpoint's, or ``["object"]`` with
+        ``ignore_categories``."""
+        if self.ignore_categories:
+            return [AGNOSTIC_CATEGORY]
         return list(self.cfg.category_names)
 
     @property

@@ -101,3 +101,35 @@ def test_a_scene_s_logits_do_not_depend_on_the_padding(tiny_data: Path, backbone
         batched = model(images=padded, boxes=boxes, pad_mask=mask, image_sizes=size)
     torch.testing.assert_close(alone["pred_affinity"], batched["pred_affinity"],
                                atol=1e-4, rtol=1e-4)
+
+
+def test_infer_ignoring_categories_writes_one_category_and_redoes_other_results(
+        tiny_checkpoint: Path, tiny_data: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from detgroup.data.coco_groups import load_coco_groups
+    from detgroup.inference import AGNOSTIC_CATEGORY, Grouper
+
+    renamed = _renamed(tiny_data, tmp_path)
+    out = tmp_path / "infer"
+    base = ["infer", "--checkpoint", str(tiny_checkpoint), "--images",
+            str(tiny_data / "val/images"), "--boxes", str(renamed), "--out", str(out), "--json"]
+    assert main([*base, "--ignore-categories"]) == 0
+    assert _last_json(capsys.readouterr().out)["images_done"] == 4
+    predictions = load_coco_groups(out / "predictions.json")
+    assert predictions.category_names == [AGNOSTIC_CATEGORY]
+    records = [json.loads(p.read_text()) for p in sorted((out / "per_image").glob("*.json"))]
+    assert {g["category"] for r in records for g in r["groups"]} == {AGNOSTIC_CATEGORY}
+    # the same boxes grouped by the API: one category, the pair logits' partition
+    grouper = Grouper.from_checkpoint(tiny_checkpoint, ignore_categories=True)
+    doc = json.loads(renamed.read_text())
+    first = doc["images"][0]
+    xywh = np.array([a["bbox"] for a in doc["annotations"] if a["image_id"] == first["id"]])
+    boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    pred = grouper.predict(str(tiny_data / "val/images" / first["file_name"]), boxes)
+    assert (pred.categories == 0).all() and grouper.category_names == [AGNOSTIC_CATEGORY]
+    # a later run with the model's categories redoes those results instead of failing on them
+    assert main(base) == 0
+    summary = _last_json(capsys.readouterr().out)
+    assert summary["images_done"] == 4 and summary["images_skipped"] == 0
+    predictions = load_coco_groups(out / "predictions.json")
+    assert predictions.category_names == grouper.cfg.category_names

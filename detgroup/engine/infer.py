@@ -127,12 +127,14 @@ def run_inference(
     resume: bool = True,
     clip: bool = False,
     pair_prior: PairPriorConfig | None = None,
+    ignore_categories: bool = False,
 ) -> dict[str, Any]:
     """Group the boxes of every image; returns a summary (counts, failures, timings).
 
     ``clip``: clip boxes that leave their image instead of failing the image (and, for a COCO
     box file, instead of refusing the file). ``pair_prior``: replaces the checkpoint's
-    ``model.pair_prior`` (:meth:`Grouper.from_checkpoint`).
+    ``model.pair_prior`` (:meth:`Grouper.from_checkpoint`). ``ignore_categories``: group by the
+    pair logits alone; every box is of the one category ``object`` in every output.
     """
     from detgroup.visualize import draw_groups, save_rgb_png
 
@@ -145,7 +147,8 @@ def run_inference(
     file_names = source.coco.attribute_names if source is not None and source.coco else None
     grouper = Grouper.from_checkpoint(checkpoint, device=device, method=method,
                                       neighbors=neighbors, clip=clip, pair_prior=pair_prior,
-                                      attribute_names=file_names, state=state)
+                                      attribute_names=file_names, state=state,
+                                      ignore_categories=ignore_categories)
     # neither: the model detects the boxes itself (trained with model.detector)
     self_detect = boxes is None and detector is None
     if self_detect and not grouper.detects:
@@ -182,6 +185,11 @@ def run_inference(
     for image, stem in tqdm(list(zip(good, stems, strict=True)), desc="infer", leave=False):
         record_path = out_dir / "per_image" / f"{stem}.json"
         earlier = _done_record(record_path, image) if resume else None
+        if earlier is not None and not {g.get("category") for g in earlier.get("groups", [])
+                                        if isinstance(g, dict)} <= set(names):
+            log.warning("%s: an earlier result with other categories than %s (another model "
+                        "or --ignore-categories), redoing it", record_path, names)
+            earlier = None
         if earlier is not None:
             records.append(earlier)
             skipped += 1
