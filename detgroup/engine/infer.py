@@ -171,7 +171,8 @@ def run_inference(
 
     names = grouper.category_names
     category_ids = source.category_ids(names) if source is not None else None
-    if source is not None and source.coco is not None and category_ids is None:
+    if (source is not None and source.coco is not None and category_ids is None
+            and not ignore_categories):  # (ignoring them, results.json uses id 1: "object")
         log.warning("%s: does not name every category of the model %s; results.json uses "
                     "ids 1..%d in the model's order", boxes, names, len(names))
     good = [item for item in inputs if isinstance(item, InputImage)]
