@@ -254,14 +254,16 @@ class CropConfig:
     """A crop of each box cut from the image pixels and encoded by a small CNN
     (:mod:`detgroup.model.crop_encoder`): for small items, seen at their own resolution.
 
-    The box is padded to a square (the aspect is kept) and grown by ``context`` x its side on
-    every side, then pooled to ``size`` x ``size`` px; the CNN has ``channels`` channels in its
+    The box is padded to the grid's aspect (its own aspect is kept) and grown by ``context`` x
+    each side on both ends, then pooled to ``size`` x ``size`` px, or ``size`` x ``width`` px
+    when ``width`` > 0 (a word: 16 x 64); the CNN has ``channels`` channels in its
     first stages. ``fusion``: ``add`` (crop token + RoI token) or ``replace`` (the crop token
     instead of the RoI appearance; the backbone is then not run).
     """
 
     enabled: bool = False
     size: int = 32
+    width: int = 0  # 0: square (size x size)
     context: float = 0.0
     channels: int = 32
     fusion: CropFusion = "add"
@@ -578,6 +580,8 @@ def _crop_checks(cfg: Config) -> list[tuple[bool, str]]:
         return []
     return [
         (c.size >= MIN_CROP_SIZE, f"model.crop.size must be >= {MIN_CROP_SIZE} px, got {c.size}"),
+        (c.width == 0 or c.width >= MIN_CROP_SIZE,
+         f"model.crop.width must be 0 (square) or >= {MIN_CROP_SIZE} px, got {c.width}"),
         (c.context >= 0, f"model.crop.context must be >= 0, got {c.context}"),
         (c.channels >= 1, f"model.crop.channels must be >= 1, got {c.channels}"),
         (c.fusion in CROP_FUSIONS, f"model.crop.fusion must be one of {CROP_FUSIONS}"),

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from detgroup.errors import DetgroupError
-from detgroup.model.crop_encoder import CropEncoder, check_crop_inputs, square_crop_boxes
+from detgroup.model.crop_encoder import (
+    CropEncoder,
+    check_crop_inputs,
+    crop_windows,
+    square_crop_boxes,
+)
 from detgroup.model.detector import build_model
 from tests.conftest import tiny_config
 
@@ -48,6 +53,27 @@ def test_crops_sample_the_pixels_of_the_square_window() -> None:
     expected = 10.0 + (torch.arange(8) + 0.5) * 16 / 8 - 0.5
     assert crop.shape == (1, 3, 8, 8)
     assert torch.allclose(crop[0, 0], expected.expand(8, 8), atol=1e-4)
+
+
+def test_a_wide_crop_keeps_a_word_s_aspect() -> None:
+    """model.crop.width: a 16 x 64 grid takes a word box padded to aspect 4 (here a 40 x 8 word
+    grows to 40 x 10; a 10 x 10 box to 40 x 10), and samples its pixels as the square one does."""
+    boxes = torch.tensor([[0.0, 0.0, 40.0, 8.0], [15.0, 0.0, 25.0, 10.0]])
+    assert crop_windows(boxes, 0.0, 4.0).tolist() == [[0.0, -1.0, 40.0, 9.0],
+                                                      [0.0, 0.0, 40.0, 10.0]]
+    assert torch.equal(crop_windows(boxes, 0.25, 1.0), square_crop_boxes(boxes, 0.25))
+    encoder = CropEncoder(size=16, width=64, context=0.0, channels=2, dim=8)
+    ramp = torch.arange(128, dtype=torch.float32).expand(1, 3, 48, 128).contiguous()
+    crop = encoder.crops(ramp, torch.tensor([[[20.0, 10.0, 84.0, 26.0]]]))  # 64 x 16: as is
+    assert crop.shape == (1, 3, 16, 64)
+    expected = 20.0 + (torch.arange(64) + 0.5) - 0.5
+    assert torch.allclose(crop[0, 0], expected.expand(16, 64), atol=1e-4)
+    tokens = encoder(ramp, torch.tensor([[[20.0, 10.0, 84.0, 26.0]]]),
+                     torch.zeros(1, 1, dtype=torch.bool))
+    assert tokens.shape == (1, 1, 8)
+    with pytest.raises(DetgroupError, match=r"40 px is smaller .*model\.crop\.width = 64"):
+        check_crop_inputs(torch.tensor([[[0.0, 0.0, 5.0, 5.0]]]),
+                          torch.zeros(1, 1, dtype=torch.bool), torch.tensor([[48, 40]]), 16, 64)
 
 
 def test_crops_follow_a_flip_of_image_and_boxes() -> None:
@@ -136,6 +162,7 @@ def test_crops_change_the_output_only_through_pixels_inside_the_window(tiny_data
 @pytest.mark.parametrize(("override", "key"), [
     ("model.crop.size=0", "model.crop.size"), ("model.crop.size=-4", "model.crop.size"),
     ("model.crop.size=4", "model.crop.size"), ("model.crop.context=-0.1", "model.crop.context"),
+    ("model.crop.width=4", "model.crop.width"),
     ("model.crop.channels=0", "model.crop.channels"),
     ("model.crop.fusion=concat", "model.crop.fusion"),
     ("model.backbone.name=none", "model.crop"),

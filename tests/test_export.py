@@ -54,7 +54,8 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     crop = ("model.crop.enabled=true", "model.crop.size=8", "model.crop.channels=4",
             "model.crop.context=0.25")
     found["bce_crop"] = _checkpoint(root, "bce", *crop)
-    found["bce_crop_replace"] = _checkpoint(root, "bce", *crop, "model.crop.fusion=replace")
+    found["bce_crop_replace"] = _checkpoint(root, "bce", *crop, "model.crop.fusion=replace",
+                                            "model.crop.width=16")  # a wide (word) crop
     return found
 
 

@@ -124,7 +124,8 @@ class GroupingModel(nn.Module):
         """RoI tokens fused with crop tokens: [B, N, D]."""
         if not (torch.jit.is_tracing() or torch.jit.is_scripting()
                 or torch.compiler.is_compiling()):  # (a graph cannot raise a user error)
-            check_crop_inputs(boxes, pad_mask, image_sizes, self.crop_encoder.size)
+            check_crop_inputs(boxes, pad_mask, image_sizes, self.crop_encoder.size,
+                              self.crop_encoder.width)
         pixels = self.normalised(images, image_sizes)  # [B, 3, H, W]
         crop = self.crop_encoder(pixels, boxes, pad_mask)  # [B, N, D]
         if self.crop_fusion == "replace":
@@ -293,7 +294,7 @@ def build_model(cfg: Config, *, pretrained: bool = True) -> nn.Module:
     parts = 1 + (text_encoder is not None) + (attribute_encoder is not None)
     fusion = TokenFusion(dim=m.dim, parts=parts, mode=m.fusion) if parts > 1 else None
     crop_encoder = (CropEncoder(size=m.crop.size, context=m.crop.context,
-                                channels=m.crop.channels, dim=m.dim)
+                                channels=m.crop.channels, dim=m.dim, width=m.crop.width)
                     if m.crop.enabled else None)
     pc = m.pair_candidates
     candidates = None if pc.mode == "dense" else PairCandidates(
