@@ -190,6 +190,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from detgroup.config import reads_attributes
     from detgroup.engine.device import resolve_device
     from detgroup.engine.evaluate import PostProcess, evaluate, unscored_indices
+    from detgroup.model.postprocess import AGNOSTIC_CATEGORY
 
     device = resolve_device(args.device)
     state = load_checkpoint(args.checkpoint)  # a bad checkpoint is named before the data
@@ -214,7 +215,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"checkpoint's {cfg.attribute_names}"
         )
     # --ignore-categories: every box of one category, decoded by the pair logits alone
-    scored = ["any"] if args.ignore_categories else list(cfg.category_names)
+    scored = [AGNOSTIC_CATEGORY] if args.ignore_categories else list(cfg.category_names)
     names = (cfg.data.unscored_categories if args.unscored_categories is None
              else args.unscored_categories)
     unscored = ([] if args.ignore_categories else
@@ -239,7 +240,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     summary, per_image = evaluate(
         model, loader, num_classes=len(scored), postprocess=post,
         device=device, progress=True, unscored_categories=unscored,
-        ignore_categories=args.ignore_categories,
         on_image=None if report is None else report.add,
     )
     if args.per_image:
@@ -323,21 +323,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------------
 
 
-def _non_negative_int(text: str) -> int:
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
 
 
 def _positive_int(text: str) -> int:
-    value = _non_negative_int(text.strip()) if text.strip().lstrip("-").isdigit() else None
-    if value is None or value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+    return _int_at_least(text, 1)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

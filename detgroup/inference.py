@@ -16,15 +16,13 @@ from detgroup.device import resolve_device
 from detgroup.errors import DetgroupError
 from detgroup.model.detector import GroupingModel
 from detgroup.model.grouping_rcnn import GroupingFasterRCNN
-from detgroup.model.postprocess import PostProcess, Prediction
+from detgroup.model.postprocess import AGNOSTIC_CATEGORY, PostProcess, Prediction
 from detgroup.ops.boxes import check_boxes
 
 __all__ = ["GroupResult", "Grouper", "check_boxes"]
 
 GroupResult = Prediction  # the API's name for the one prediction type
 
-
-AGNOSTIC_CATEGORY = "object"  # the one category of Grouper(ignore_categories=True)
 
 
 class Grouper:

@@ -21,15 +21,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+from seed_summary import mean_sd
 
 METRICS = [("hungarian_acc", "Hungarian acc"), ("nmi", "NMI"), ("ari", "ARI"),
            ("num_groups_error", "abs(K^ - K)")]
-
-
-def _cell(values: np.ndarray, digits: int = 3) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
 def per_scene(row: dict, split: str, key: str) -> np.ndarray:
@@ -63,12 +58,12 @@ def main(argv: list[str] | None = None) -> None:
         print("|---" * (len(METRICS) + 1) + "|")
         base_row = rows[args.baseline]
         print(f"| {args.baseline} | " + " | ".join(
-            _cell(per_scene(base_row, split, k)[None].mean(1)) for k, _ in METRICS) + " |")
+            mean_sd([per_scene(base_row, split, k).mean()]) for k, _ in METRICS) + " |")
         for name, members in recipes.items():
             means = {k: np.array([per_scene(rows[m], split, k).mean() for m in members])
                      for k, _ in METRICS}
             print(f"| {name} ({len(members)}) | "
-                  + " | ".join(_cell(means[k]) for k, _ in METRICS) + " |")
+                  + " | ".join(mean_sd(means[k]) for k, _ in METRICS) + " |")
         base = per_scene(base_row, split, "hungarian_acc")  # [S]
         print(f"\n| {split}: Hungarian acc, recipe minus {args.baseline} | difference | "
               f"95 % interval ({args.draws} draws over scenes) | share of draws not ahead |")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,8 @@ COLUMNS = [("cat_acc", "word cat acc"), ("cat_macro_f1", "macro-F1"), ("ari", "A
            ("entity_f1", "LayoutLM entity F1"), ("group_pq", "Group PQ")]
 
 
-def _cell(values: list[float], digits: int = 3) -> str:
+def mean_sd(values: Sequence[float], digits: int = 3) -> str:
+    """``mean ± sd`` (sample sd) of ``values``, or the one value alone."""
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
@@ -50,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         names = [name for _, name in COLUMNS] + ["train min", "ms per form"]
         print(f"| method (seeds) | {' | '.join(names)} |")
         print("|---" * (len(names) + 1) + "|")
-    cells = [_cell([e[key] for e in evals]) for key, _ in COLUMNS]
-    cells.append(_cell(minutes, 1) if minutes else "–")
-    cells.append(_cell([1000 * (e["model_seconds"] + e["decode_seconds"]) for e in evals], 1))
+    cells = [mean_sd([e[key] for e in evals]) for key, _ in COLUMNS]
+    cells.append(mean_sd(minutes, 1) if minutes else "–")
+    cells.append(mean_sd([1000 * (e["model_seconds"] + e["decode_seconds"]) for e in evals], 1))
     print(f"| {args.name} ({len(evals)}) | {' | '.join(cells)} |")
     return 0
 

@@ -50,7 +50,6 @@ def evaluate(
     on_image: Callable[[Prediction, np.ndarray, np.ndarray, dict[str, Any]], None]
     | None = None,
     unscored_categories: list[int] | None = None,
-    ignore_categories: bool = False,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Run the model on every batch, decode, and score against the batch's ground truth.
 
@@ -60,8 +59,8 @@ def evaluate(
     Returns the summary (see :class:`detgroup.metrics.GroupingEvaluator`, plus
     ``model_seconds`` and ``decode_seconds`` per image) and per-image metric dicts.
     ``unscored_categories``: class indices left out of the ``entity_*`` metrics.
-    ``ignore_categories``: the grouping alone: every true box is of one category (give a
-    ``postprocess`` with ``ignore_categories`` too, and ``num_classes`` 1).
+    A ``postprocess`` with ``ignore_categories`` scores the grouping alone: every true box
+    counts as of one category too (give ``num_classes`` 1).
     """
     was_training = model.training
     model.eval()
@@ -80,7 +79,7 @@ def evaluate(
         for b, pred in enumerate(preds):
             real = ~batch["pad_mask"][b]
             gt_cat = batch["categories"][b][real].cpu().numpy()
-            if ignore_categories:
+            if postprocess.ignore_categories:
                 gt_cat = np.zeros_like(gt_cat)
             gt_grp = batch["groups"][b][real].cpu().numpy()
             known = batch["group_known"][b][real].cpu().numpy() if "group_known" in batch else None

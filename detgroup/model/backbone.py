@@ -48,10 +48,10 @@ def level_mask(feature: Tensor, height: Tensor, width: Tensor, stride: int) -> T
     return (r[:, None, :, None] & c[:, None, None, :]).to(feature.dtype)
 
 
-def masked_group_norm(x: Tensor, mask: Tensor, weight: Tensor, bias: Tensor, groups: int,
-                      eps: float) -> Tensor:
-    """``nn.GroupNorm`` of ``x`` [B, C, H, W] whose statistics count only the positions where
-    ``mask`` [B, 1, H, W] is 1 (equal to ``F.group_norm`` when the mask is all ones)."""
+def masked_group_norm(x: Tensor, mask: Tensor, norm: nn.GroupNorm) -> Tensor:
+    """``norm`` (an ``nn.GroupNorm``) of ``x`` [B, C, H, W] with statistics that count only the
+    positions where ``mask`` [B, 1, H, W] is 1 (equal to ``norm(x)`` when the mask is all ones)."""
+    groups, eps = norm.num_groups, norm.eps
     b, ch, h, w = x.shape
     # statistics in float32 whatever autocast gives (a float16 sum over a map overflows)
     xg = x.float().reshape(b, groups, ch // groups, h, w)
@@ -60,8 +60,25 @@ def masked_group_norm(x: Tensor, mask: Tensor, weight: Tensor, bias: Tensor, gro
     mean = (xg * m).sum((2, 3, 4), keepdim=True) / count
     var = (((xg - mean) ** 2) * m).sum((2, 3, 4), keepdim=True) / count
     y = ((xg - mean) / torch.sqrt(var + eps)).reshape(b, ch, h, w)
-    return (y * weight.float()[None, :, None, None]
-            + bias.float()[None, :, None, None]).to(x.dtype)
+    return (y * norm.weight.float()[None, :, None, None]
+            + norm.bias.float()[None, :, None, None]).to(x.dtype)
+
+
+def masked_conv_block(block: nn.Module, x: Tensor, height: Tensor, width: Tensor, stride: int
+                      ) -> tuple[Tensor, Tensor]:
+    """One ``Conv2dNormActivation`` (conv, group norm, ReLU) of a padded batch, its norm's
+    statistics inside each image (:func:`masked_group_norm`) and its output zero outside them.
+
+    Args:
+        x: [B, C, H, W]; height, width: [B, 1] px of each image (:func:`image_extents`);
+        stride: of the block's output relative to the image.
+
+    Returns:
+        the output [B, C', H', W'] and its mask [B, 1, H', W'].
+    """
+    x = block[0](x)
+    mask = level_mask(x, height, width, stride)
+    return F.relu(masked_group_norm(x, mask, block[1])) * mask, mask
 
 
 class SmallConvNet(nn.Module):
@@ -93,26 +110,11 @@ class SmallConvNet(nn.Module):
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         height, width = image_extents(x)  # [B, 1] each: where each image is
-        x = self.stem[0](x)
-        m1 = level_mask(x, height, width, 2)  # [B, 1, H/2, W/2]
-        x = F.relu(masked_group_norm(x, m1, self.stem[1].weight, self.stem[1].bias,
-                                     self.stem[1].num_groups, self.stem[1].eps)) * m1
-        x = self.stage2[0][0](x)
-        m2 = level_mask(x, height, width, 4)  # [B, 1, H/4, W/4]
-        x = F.relu(masked_group_norm(x, m2, self.stage2[0][1].weight, self.stage2[0][1].bias,
-                                     self.stage2[0][1].num_groups, self.stage2[0][1].eps)) * m2
-        x = self.stage2[1][0](x)
-        c2 = F.relu(masked_group_norm(x, m2, self.stage2[1][1].weight, self.stage2[1][1].bias,
-                                      self.stage2[1][1].num_groups,
-                                      self.stage2[1][1].eps)) * m2  # [B, width, H/4, W/4]
-        x = self.stage3[0][0](c2)
-        m3 = level_mask(x, height, width, 8)  # [B, 1, H/8, W/8]
-        x = F.relu(masked_group_norm(x, m3, self.stage3[0][1].weight, self.stage3[0][1].bias,
-                                     self.stage3[0][1].num_groups, self.stage3[0][1].eps)) * m3
-        x = self.stage3[1][0](x)
-        c3 = F.relu(masked_group_norm(x, m3, self.stage3[1][1].weight, self.stage3[1][1].bias,
-                                      self.stage3[1][1].num_groups,
-                                      self.stage3[1][1].eps)) * m3  # [B, 2 width, H/8, W/8]
+        x, _ = masked_conv_block(self.stem, x, height, width, 2)  # [B, width / 2, H/2, W/2]
+        x, _ = masked_conv_block(self.stage2[0], x, height, width, 4)
+        c2, m2 = masked_conv_block(self.stage2[1], x, height, width, 4)  # [B, width, H/4, W/4]
+        x, _ = masked_conv_block(self.stage3[0], c2, height, width, 8)
+        c3, m3 = masked_conv_block(self.stage3[1], x, height, width, 8)  # [B, 2 width, H/8, W/8]
         p3 = self.lateral8(c3) * m3  # [B, C, H/8, W/8]
         # nearest x2: cell (i, j) of the stride-4 map reads (i // 2, j // 2) whatever the size
         rows = torch.arange(c2.shape[-2], device=c2.device) // 2

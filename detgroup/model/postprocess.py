@@ -75,6 +75,9 @@ class Prediction:
         return records
 
 
+AGNOSTIC_CATEGORY = "object"  # the one category of a PostProcess(ignore_categories=True)
+
+
 class PostProcess:
     """Turns the model's batched logits into a :class:`Prediction` per image."""
 
