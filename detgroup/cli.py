@@ -83,7 +83,11 @@ def cmd_data(args: argparse.Namespace) -> int:
                                  glyph_size=tuple(args.glyph_size),
                                  eval_max_chars=args.eval_max_chars,
                                  unlisted_train_runs=args.unlisted_train_runs,
-                                 eval_alphabets=tuple(args.eval_alphabets), progress=True)
+                                 eval_alphabets=tuple(args.eval_alphabets),
+                                 chars_per_scene=tuple(args.chars_per_scene),
+                                 samples_per_char=tuple(args.samples_per_char),
+                                 alphabets_per_scene=tuple(args.alphabets_per_scene),
+                                 rotations=args.rotations, progress=True)
     for split, path in paths.items():
         stats = json.loads(path.read_text()).get("info", {}).get("stats", {})
         summary = ", ".join(f"{k} {v}" for k, v in stats.items())
@@ -425,6 +429,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-alphabets", nargs="+", default=[], metavar="NAME",
                    help="Omniglot: listed alphabets left out of training, one whole-alphabet "
                         "scene each (split 'alphabets')")
+    p.add_argument("--chars-per-scene", type=int, nargs=2, default=[4, 10], metavar=("MIN", "MAX"),
+                   help="Omniglot: characters of a train scene")
+    p.add_argument("--samples-per-char", type=int, nargs=2, default=[2, 6],
+                   metavar=("MIN", "MAX"), help="Omniglot: samples of a character in a train scene")
+    p.add_argument("--alphabets-per-scene", type=int, nargs=2, default=[1, 3],
+                   metavar=("MIN", "MAX"), help="Omniglot: alphabets of a train scene")
+    p.add_argument("--rotations", type=int, choices=[1, 2, 4], default=1,
+                   help="Omniglot: 2 or 4: every train character also trains turned by 180 "
+                        "(or 90, 180, 270) degrees, each turn a character of its own")
     p.set_defaults(func=cmd_data)
 
     p = command("validate", "check a COCO-with-groups file (and its images)")

@@ -193,11 +193,28 @@ def test_bench_omniglot_l2c_scores_every_row_on_the_same_scenes(tmp_path: Path) 
     save_checkpoint(ckpt, {"config": config_to_dict(cfg), "model": build_model(cfg).state_dict()})
     out = tmp_path / "bench.json"
     bench_omniglot_l2c.main(["--data", str(data), "--model", f"crop={ckpt}", "--hog-prior",
-                             "--tune-scenes", "8", "--json", str(out)])
+                             "--tune-scenes", "8", "--json", str(out),
+                             "--methods", "gaec-kl", "average"])
     rows = json.loads(out.read_text())["rows"]
     assert list(rows) == ["HOG + Ward (tuned on train)", "HOG + Ward (tuned on val)",
                           "pixels + Ward (tuned on train)", "HOG + k-means (oracle K)", "crop",
-                          "crop, pair bias tuned on val", "crop + HOG prior"]
+                          "crop [average]", "crop, pair bias tuned on val",
+                          "crop + HOG prior", "crop, pair bias tuned on val [average]",
+                          "crop + HOG prior [average]"]
+    assert rows["crop [average]"]["setting"].startswith("average, ")
+    # the [average] row is average linkage of the same logits: detgroup's decoder, by hand here
+    from bench_omniglot_l2c import decode, load_scenes, model_logits
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.special import expit
+    from sklearn.metrics import adjusted_rand_score
+
+    (w,), *_ = model_logits(ckpt, data / "alphabets/annotations.json", data / "alphabets/images")
+    iu = np.triu_indices(len(w), 1)
+    by_hand = fcluster(linkage(expit(-w[iu]), "average"), np.nextafter(0.5, 0), "distance")
+    assert adjusted_rand_score(by_hand, decode(w, "average")) == 1.0
+    (scene,) = load_scenes(data / "alphabets/annotations.json", data / "alphabets/images")
+    assert rows["crop [average]"]["scenes"]["alphabets"][0]["ari"] == pytest.approx(
+        adjusted_rand_score(scene.groups, by_hand))
     for row in rows.values():
         (scene,) = row["scenes"]["alphabets"]  # the one whole-alphabet scene: Beta
         assert scene["k_true"] == 10 and 0 <= scene["hungarian_acc"] <= 1

@@ -77,15 +77,11 @@ def test_postprocess_ignoring_categories_partitions_by_the_pair_logits_alone() -
     assert len(set(joint.categories.tolist())) == 3
 
 
-@pytest.mark.parametrize("backbone", [
-    "small",
-    pytest.param("resnet18", marks=pytest.mark.xfail(
-        strict=True, reason="known defect: torchvision's ResNet with group norm (trained from "
-        "scratch) normalises over the padded batch; eval --batch-size 1 avoids it")),
-])
+@pytest.mark.parametrize("backbone", ["small", "resnet18"])
 def test_a_scene_s_logits_do_not_depend_on_the_padding(tiny_data: Path, backbone: str) -> None:
     """Batched with a larger image (zero padding to 256 x 256), a 128 px scene gets the logits
-    it gets alone: the small backbone's group norms count only the image's own cells."""
+    it gets alone: the small backbone's group norms count only the image's own cells, and a
+    from-scratch ResNet (torchvision's group norm) runs on each image at its own size."""
     torch.manual_seed(0)
     cfg = tiny_config(tiny_data, f"model.backbone.name={backbone}")
     model = build_model(cfg, pretrained=False).eval()
@@ -133,3 +129,28 @@ def test_infer_ignoring_categories_writes_one_category_and_redoes_other_results(
     assert summary["images_done"] == 4 and summary["images_skipped"] == 0
     predictions = load_coco_groups(out / "predictions.json")
     assert predictions.category_names == grouper.cfg.category_names
+
+
+@pytest.mark.parametrize("h, w", [(100, 77), (64, 64), (33, 130)])
+def test_per_image_resnet_maps_have_the_batch_s_sizes(h: int, w: int) -> None:
+    """backbone_features pads each image's maps to exactly the sizes of the batched maps, and
+    an image that fills the batch gets the batched maps unchanged."""
+    from detgroup.model.backbone import backbone_features, build_backbone
+
+    torch.manual_seed(0)
+    net = build_backbone(name="resnet18", out_channels=16).eval()
+    assert net.per_image
+    x = torch.zeros(2, 3, 128, 136)
+    x[0] = torch.randn(3, 128, 136)
+    x[1, :, :h, :w] = torch.randn(3, h, w)
+    sizes = torch.tensor([[128, 136], [h, w]])
+    with torch.no_grad():
+        batched, per_image = net(x), backbone_features(net, x, sizes)
+        alone = net(x[1:, :, :h, :w])
+    assert list(per_image) == list(batched)
+    for name in batched:
+        assert per_image[name].shape == batched[name].shape
+        torch.testing.assert_close(per_image[name][:1], net(x[:1])[name])
+        a = alone[name]
+        torch.testing.assert_close(per_image[name][1:, :, :a.shape[-2], :a.shape[-1]], a)
+        assert not per_image[name][1:, :, a.shape[-2]:].any()

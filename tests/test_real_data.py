@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -20,6 +21,7 @@ from detgroup.data.coco_groups import load_coco_groups
 from detgroup.data.funsd import CATEGORIES, convert_funsd, split_forms
 from detgroup.data.omniglot import (
     convert_omniglot,
+    glyph_sample,
     load_glyphs,
     read_alphabets,
     render_glyph_scene,
@@ -410,3 +412,72 @@ def test_omniglot_eval_alphabets_are_whole_alphabet_scenes_never_trained(
     with pytest.raises(DetgroupError, match="every listed alphabet"):
         convert_omniglot(fake_omniglot, tmp_path / "bad", eval_alphabets=("Alpha", "Beta"),
                          **SMALL)
+
+
+def test_omniglot_rotations_train_turned_characters_as_their_own(fake_omniglot: Path,
+                                                                 tmp_path: Path) -> None:
+    """rotations=4: a train glyph may be turned by 90/180/270 degrees; a turn is a character of
+    its own, never two turns of one character in a scene; the turned ink is the glyph turned;
+    val / test / unseen never turn, and stay byte-identical to a run without rotations."""
+    knobs = {**SMALL, "train_scenes": 30}
+    convert_omniglot(fake_omniglot, tmp_path / "plain", seed=1, **knobs)
+    convert_omniglot(fake_omniglot, tmp_path / "rot", seed=1, rotations=4, **knobs)
+    data, coco = _load(tmp_path / "rot/train/annotations.json")
+    turns = {a.get("rotation", 0) for a in data["annotations"]}
+    assert turns == {0, 90, 180, 270}
+    assert all(a["rotation"] != 0 for a in data["annotations"] if "rotation" in a)
+    glyphs = np.load(fake_omniglot / "images_background.npz")["images"]
+    for image in data["images"]:
+        anns = coco.anns_by_image[image["id"]]
+        groups = defaultdict(set)
+        for a in anns:
+            groups[a["group_id"]].add((a["character"], a.get("rotation", 0)))
+        assert all(len(g) == 1 for g in groups.values())  # one character, one turn per group
+        chars = [next(iter(g))[0] for g in groups.values()]
+        assert len(chars) == len(set(chars))  # no two turns of one character in a scene
+    n = len(glyphs)
+    for k in range(4):
+        assert np.array_equal(glyph_sample(glyphs, 3 + k * n, 5), np.rot90(glyphs[3, 5], k))
+
+    def ink_aspect(c: int, s: int) -> float:
+        ys, xs = np.nonzero(~glyphs[c, s])
+        return (np.ptp(xs) + 1) / (np.ptp(ys) + 1)  # w / h of the ink
+
+    # a glyph turned by 90 or 270 degrees has the ink's width and height swapped in its box
+    quarter = [a for a in data["annotations"] if a.get("rotation") in (90, 270)
+               and abs(math.log(ink_aspect(a["character"], a["sample"]))) > 0.4]
+    assert quarter
+    for a in quarter:
+        box_aspect = a["bbox"][2] / a["bbox"][3]
+        assert (box_aspect > 1) == (ink_aspect(a["character"], a["sample"]) < 1)
+    plain, rot = _files(tmp_path / "plain"), _files(tmp_path / "rot")
+    for name in plain:
+        if not name.startswith("train/"):
+            if name.endswith(".json"):  # the same scenes; info records the knob
+                a, b = json.loads(plain[name]), json.loads(rot[name])
+                assert a["annotations"] == b["annotations"] and a["images"] == b["images"]
+                assert b["info"]["params"]["rotations"] == 4
+            else:
+                assert plain[name] == rot[name]
+    with pytest.raises(DetgroupError, match="rotations must be 1, 2 or 4"):
+        convert_omniglot(fake_omniglot, tmp_path / "bad", rotations=3, **SMALL)
+
+
+def test_omniglot_cli_scene_composition_knobs(fake_omniglot: Path, tmp_path: Path) -> None:
+    from detgroup.cli import main
+
+    args = ["--seed", "1", "--train-scenes", "6", "--canvas", "128", "--glyph-size", "16", "24",
+            "--eval-max-chars", "3", "--chars-per-scene", "3", "5", "--samples-per-char", "2",
+            "3", "--alphabets-per-scene", "1", "1", "--rotations", "2"]
+    assert main(["data", "omniglot", "--src", str(fake_omniglot), "--out",
+                 str(tmp_path / "cli"), *args]) == 0
+    convert_omniglot(fake_omniglot, tmp_path / "py", seed=1, train_scenes=6, canvas=128,
+                     glyph_size=(16, 24), eval_max_chars=3, chars_per_scene=(3, 5),
+                     samples_per_char=(2, 3), alphabets_per_scene=(1, 1), rotations=2)
+    assert _files(tmp_path / "cli") == _files(tmp_path / "py")
+    data, coco = _load(tmp_path / "py/train/annotations.json")
+    assert {a.get("rotation", 0) for a in data["annotations"]} <= {0, 180}
+    for image in data["images"]:
+        anns = coco.anns_by_image[image["id"]]
+        assert 3 <= len({a["group_id"] for a in anns}) <= 5
+        assert len({a["category_id"] for a in anns}) == 1

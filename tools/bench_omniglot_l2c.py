@@ -15,7 +15,9 @@ Rows:
   characters of the trained alphabets, all 20 drawers: closer in size to the evaluation scenes),
   and raw pixels + Ward; ``HOG + k-means (oracle K)`` is given the true number of characters.
 * one row per ``--model NAME=CHECKPOINT``: the model's pair logits decoded by the partition
-  decoder (gaec-kl, categories ignored, the checkpoint's ``decoder.pair_bias``); a model trained
+  decoder (gaec-kl, categories ignored, the checkpoint's ``decoder.pair_bias``; ``--methods
+  gaec-kl average`` adds rows ``NAME [average]``, average linkage, for this and the tuned
+  rows below, each tuned for its own decoder); a model trained
   with ``loss.pair`` kcl or mcl also gets ``NAME, argmax of the cluster head (L2C)``, each glyph
   in the cluster of its largest output node (L2C's decoding, K^ = the nodes used); and with
   ``--hog-prior`` also ``NAME, pair bias tuned on val`` (the pair logits shifted by the
@@ -141,26 +143,28 @@ def model_logits(ckpt: Path, ann: Path, images: Path
             assign if assign else None)
 
 
-def decode(logits: np.ndarray) -> np.ndarray:
-    return partition(logits, None, "gaec-kl")[1]
+def decode(logits: np.ndarray, method: str = "gaec-kl") -> np.ndarray:
+    return partition(logits, None, method)[1]
 
 
 def hog_prior(logits: np.ndarray, hog: np.ndarray, alpha: float, tau: float) -> np.ndarray:
     return logits + alpha * (hog @ hog.T - tau)
 
 
-def tune_bias(logits: list[np.ndarray], scenes: list[SceneData]) -> float:
+def tune_bias(logits: list[np.ndarray], scenes: list[SceneData], method: str = "gaec-kl"
+              ) -> float:
     """The pair-logit shift (of :data:`BIAS_GRID`) with the best mean ARI on ``scenes``."""
-    aris = [np.mean([scores(s.groups, decode(w + b))["ari"]
+    aris = [np.mean([scores(s.groups, decode(w + b, method))["ari"]
                      for w, s in zip(logits, scenes, strict=True)]) for b in BIAS_GRID]
     return float(BIAS_GRID[int(np.argmax(aris))])
 
 
-def tune_prior(logits: list[np.ndarray], scenes: list[SceneData]) -> tuple[float, float]:
+def tune_prior(logits: list[np.ndarray], scenes: list[SceneData], method: str = "gaec-kl"
+               ) -> tuple[float, float]:
     best, best_ari = (0.0, 0.0), -np.inf
     for alpha in PRIOR_ALPHA:
         for tau in PRIOR_TAU if alpha else (0.0,):
-            ari = np.mean([scores(s.groups, decode(hog_prior(w, s.hog, alpha, tau)))["ari"]
+            ari = np.mean([scores(s.groups, decode(hog_prior(w, s.hog, alpha, tau), method))["ari"]
                            for w, s in zip(logits, scenes, strict=True)])
             if ari > best_ari:
                 best, best_ari = (alpha, float(tau)), ari
@@ -216,6 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tune-scenes", type=int, default=300,
                    help="training scenes the Ward threshold is tuned on")
     p.add_argument("--hog-prior", action="store_true")
+    p.add_argument("--methods", nargs="+", default=["gaec-kl"], choices=["gaec-kl", "average"],
+                   help="partition decoders of the model rows; a method other than the first "
+                        "names its rows 'NAME [METHOD]'")
     p.add_argument("--memory", action="store_true")
     p.add_argument("--skip-baselines", action="store_true",
                    help="models only (the baselines are deterministic: same rows every run)")
@@ -246,11 +253,13 @@ def main(argv: list[str] | None = None) -> None:
         name, _, ckpt = spec.partition("=")
         ckpt_path = Path(ckpt)
         logits = {s: model_logits(ckpt_path, *split_files(s)) for s in args.splits}
-        rows[name] = {"setting": f"gaec-kl, pair_bias {logits[args.splits[0]][2]:g}, "
-                                 f"{logits[args.splits[0]][1]:.2f} s forward per scene",
-                      "scenes": {s: [scores(sc.groups, decode(w)) for sc, w in
-                                     zip(evaluate[s], logits[s][0], strict=True)]
-                                 for s in args.splits}}
+        for method in args.methods:
+            label = name if method == args.methods[0] else f"{name} [{method}]"
+            rows[label] = {"setting": f"{method}, pair_bias {logits[args.splits[0]][2]:g}, "
+                                      f"{logits[args.splits[0]][1]:.2f} s forward per scene",
+                           "scenes": {s: [scores(sc.groups, decode(w, method)) for sc, w in
+                                          zip(evaluate[s], logits[s][0], strict=True)]
+                                      for s in args.splits}}
         if logits[args.splits[0]][3] is not None:  # L2C's own decoding: the cluster head
             rows[f"{name}, argmax of the cluster head (L2C)"] = {
                 "setting": "K^ = output nodes used",
@@ -259,18 +268,21 @@ def main(argv: list[str] | None = None) -> None:
                            for s in args.splits}}
         if args.hog_prior:
             val_logits = model_logits(ckpt_path, *split_files("val"))[0]
-            bias = tune_bias(val_logits, val)
-            rows[f"{name}, pair bias tuned on val"] = {
-                "setting": f"pair logits {bias:+g}",
-                "scenes": {s: [scores(sc.groups, decode(w + bias))
-                               for sc, w in zip(evaluate[s], logits[s][0], strict=True)]
-                           for s in args.splits}}
-            alpha, tau = tune_prior(val_logits, val)
-            rows[f"{name} + HOG prior"] = {
-                "setting": f"alpha {alpha:g}, tau {tau:g} (tuned on val)",
-                "scenes": {s: [scores(sc.groups, decode(hog_prior(w, sc.hog, alpha, tau)))
-                               for sc, w in zip(evaluate[s], logits[s][0], strict=True)]
-                           for s in args.splits}}
+            for method in args.methods:
+                tag = "" if method == args.methods[0] else f" [{method}]"
+                bias = tune_bias(val_logits, val, method)
+                rows[f"{name}, pair bias tuned on val{tag}"] = {
+                    "setting": f"{method}, pair logits {bias:+g}",
+                    "scenes": {s: [scores(sc.groups, decode(w + bias, method))
+                                   for sc, w in zip(evaluate[s], logits[s][0], strict=True)]
+                               for s in args.splits}}
+                alpha, tau = tune_prior(val_logits, val, method)
+                rows[f"{name} + HOG prior{tag}"] = {
+                    "setting": f"{method}, alpha {alpha:g}, tau {tau:g} (tuned on val)",
+                    "scenes": {s: [scores(sc.groups,
+                                          decode(hog_prior(w, sc.hog, alpha, tau), method))
+                                   for sc, w in zip(evaluate[s], logits[s][0], strict=True)]
+                               for s in args.splits}}
         if args.memory:
             split = args.splits[0]
             largest = max(evaluate[split], key=lambda s: len(s.groups)).index

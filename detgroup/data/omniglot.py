@@ -33,6 +33,11 @@ training material instead, as one more category ``other`` (each run drawn like a
 the "Learning to cluster" setting (train on many alphabets, cluster alphabets never seen): more
 training characters, fewer unseen ones.
 
+With ``rotations`` = 2 or 4, every train character also trains turned by 180 (or 90, 180 and
+270) degrees, each turn a character of its own (class augmentation); a turned glyph's
+annotation has ``rotation`` (degrees, counter-clockwise), and no scene holds two turns of one
+character.
+
 Every annotation also has ``character`` (index into the npz) and ``sample`` (0..19); each
 file's ``info`` holds the parameters, the split's characters and its stats. Scene ``i`` of
 split ``s`` (index into :data:`SPLITS`) is drawn from ``np.random.default_rng([seed, s, i])``
@@ -263,6 +268,12 @@ def render_glyph_scene(
     return np.clip(np.round(image), 0, 255).astype(np.uint8), boxes
 
 
+def glyph_sample(glyphs: np.ndarray, c: int, s: int) -> np.ndarray:
+    """Sample ``s`` of character ``c`` (bool [H, W]); a turned character's id is
+    ``character + quarter_turns * len(glyphs)`` (``convert_omniglot(rotations=...)``)."""
+    return np.rot90(glyphs[c % len(glyphs), s], c // len(glyphs))
+
+
 def _encode_png(image: np.ndarray) -> bytes:
     """PNG bytes of a grey uint8 image [H, W]."""
     ok, buf = cv2.imencode(".png", image)
@@ -279,9 +290,12 @@ def _train_scene(
     samples_per_char: tuple[int, int],
     alphabets_per_scene: tuple[int, int],
     num_samples: int,
+    num_chars: int = 0,
 ) -> list[tuple[int, int, list[int]]]:
     """(index into ``train_chars``, character, sample indices) of each character of one train
-    scene."""
+    scene. With ``num_chars`` (turned characters in ``train_chars``, ids ``c + turns *
+    num_chars``), no two turns of one character share a scene: a symmetric glyph (O, X) would
+    otherwise be two groups that look alike."""
     usable = [a for a, chars in enumerate(train_chars) if chars]
     n_chars = int(rng.integers(chars_per_scene[0], chars_per_scene[1] + 1))
     n_alpha = int(rng.integers(alphabets_per_scene[0], alphabets_per_scene[1] + 1))
@@ -292,7 +306,17 @@ def _train_scene(
     # One character of every chosen alphabet first, then the rest uniformly from the pool.
     firsts = [(a, int(rng.choice(train_chars[a]))) for a in chosen]
     rest = [pc for pc in pool if pc not in firsts]
-    picks = firsts + [rest[i] for i in rng.choice(len(rest), n_chars - n_alpha, replace=False)]
+    if not num_chars:
+        picks = firsts + [rest[i] for i in rng.choice(len(rest), n_chars - n_alpha,
+                                                      replace=False)]
+    else:
+        picks, bases = list(firsts), {c % num_chars for _, c in firsts}
+        for i in rng.permutation(len(rest)):
+            if len(picks) == n_chars:
+                break
+            if rest[i][1] % num_chars not in bases:
+                picks.append(rest[i])
+                bases.add(rest[i][1] % num_chars)
     scene = []
     for a, c in picks:
         lo, hi = (min(v, num_samples) for v in samples_per_char)
@@ -327,7 +351,8 @@ def _write_split(
         members = [(g, a, c, s) for g, (a, c, samples) in enumerate(scene, start=1)
                    for s in samples]  # (group id, category index, character, sample)
         image, boxes = render_glyph_scene(
-            rng, [glyphs[c, s] for _, _, c, s in members], canvas=canvas, glyph_size=glyph_size
+            rng, [glyph_sample(glyphs, c, s) for _, _, c, s in members], canvas=canvas,
+            glyph_size=glyph_size,
         )
         name = f"{i:06d}.png"
         atomic_write_bytes(image_dir / name, _encode_png(image))
@@ -337,12 +362,15 @@ def _write_split(
         for k in rng.permutation(len(members)):
             group, a, c, s = members[k]
             x0, y0, x1, y1 = boxes[k]
-            annotations.append({
+            ann = {
                 "id": len(annotations) + 1, "image_id": i + 1, "category_id": a + 1,
                 "bbox": [x0, y0, x1 - x0, y1 - y0], "iscrowd": 0, "group_id": group,
-                "character": c, "sample": s,
-            })
-    characters = sorted({c for scene in scenes for _, c, _ in scene})
+                "character": c % len(glyphs), "sample": s,
+            }
+            if c >= len(glyphs):  # a turned train character
+                ann["rotation"] = c // len(glyphs) * 90  # degrees, counter-clockwise
+            annotations.append(ann)
+    characters = sorted({c % len(glyphs) for scene in scenes for _, c, _ in scene})
     counts = [sum(len(samples) for _, _, samples in scene) for scene in scenes]
     stats = {
         "scenes": len(scenes), "characters": len(characters), "glyphs": len(annotations),
@@ -384,6 +412,7 @@ def convert_omniglot(
     eval_max_chars: int = 10,
     unlisted_train_runs: int = 0,
     eval_alphabets: tuple[str, ...] = (),
+    rotations: int = 1,
     progress: bool = False,
 ) -> dict[str, Path]:
     """Build Omniglot glyph scenes from ``src`` (``images_background.npz`` + ``alphabets.csv``).
@@ -416,6 +445,8 @@ def convert_omniglot(
     chars_per_scene = _check_range("chars_per_scene", chars_per_scene, 1)
     samples_per_char = _check_range("samples_per_char", samples_per_char, 1)
     alphabets_per_scene = _check_range("alphabets_per_scene", alphabets_per_scene, 1)
+    if rotations not in (1, 2, 4):
+        raise DetgroupError(f"rotations must be 1, 2 or 4, got {rotations}")
     if train_scenes < 0 or eval_max_chars < 1 or canvas < glyph_size[1]:
         raise DetgroupError(
             f"need train_scenes >= 0, eval_max_chars >= 1 and canvas >= the largest glyph "
@@ -445,13 +476,17 @@ def convert_omniglot(
         names = [*names, OTHER_CATEGORY]
     # train material: one entry per alphabet, then one per unlisted run trained as "other"
     train_chars = split["train"] + runs[:unlisted_train_runs]
+    # a turned character is character c + quarter_turns * num_chars (see glyph_sample)
+    train_chars = [[c + turn * num_chars for turn in range(0, 4, 4 // rotations) for c in chars]
+                   for chars in train_chars]
     entry_category = list(range(len(alphabets))) + [len(alphabets)] * unlisted_train_runs
 
     train = [
         [(entry_category[e], c, samples) for e, c, samples in _train_scene(
             np.random.default_rng([seed, SPLITS.index("train"), i, 1]), train_chars,
             chars_per_scene=chars_per_scene, samples_per_char=samples_per_char,
-            alphabets_per_scene=alphabets_per_scene, num_samples=num_samples)]
+            alphabets_per_scene=alphabets_per_scene, num_samples=num_samples,
+            num_chars=num_chars if rotations > 1 else 0)]
         for i in range(train_scenes)
     ]
     all_samples = list(range(num_samples))
@@ -476,7 +511,8 @@ def convert_omniglot(
                    "alphabets_per_scene": list(alphabets_per_scene),
                    "eval_max_chars": eval_max_chars,
                    "unlisted_train_runs": unlisted_train_runs,
-                   "eval_alphabets": [a.name for a in held_out], "density": DENSITY,
+                   "eval_alphabets": [a.name for a in held_out], "rotations": rotations,
+                   "density": DENSITY,
                    "max_overlap": MAX_OVERLAP, "train_fraction": TRAIN_FRACTION,
                    "val_fraction": VAL_FRACTION},
     }

@@ -124,6 +124,42 @@ class SmallConvNet(nn.Module):
         return OrderedDict([("0", p2), ("1", p3)])
 
 
+def _halved(n: int, times: int) -> int:
+    """Side of a map after ``times`` stride-2 steps of ``ceil(n / 2)`` (3x3 / 7x7 convs with
+    padding, ResNet's max pool, FPN's last-level pool)."""
+    for _ in range(times):
+        n = -(-n // 2)
+    return n
+
+
+def backbone_features(backbone: nn.Module, x: Tensor, image_sizes: Tensor
+                      ) -> OrderedDict[str, Tensor]:
+    """``backbone(x)`` for a padded batch ``x`` [B, 3, H, W] whose images are ``image_sizes``
+    [B, 2] (h, w) px, so that each image gets the maps it gets alone.
+
+    A backbone built with ``per_image = True`` (ResNet + FPN with group norm, trained from
+    scratch: torchvision's ``nn.GroupNorm`` takes its statistics over the whole padded map) runs
+    on each image at its own size, and each level is zero-padded to the batch's size (level
+    ``k`` of ``"0".."3"``: ``k + 2`` halvings; ``"pool"``: 6). Every other backbone (frozen
+    batch norm, or the masked group norms of :class:`SmallConvNet`) runs batched. A traced or
+    exported graph runs batched too (its images are not padded).
+    """
+    if (not getattr(backbone, "per_image", False) or torch.jit.is_tracing()
+            or torch.jit.is_scripting() or torch.compiler.is_compiling()):
+        return backbone(x)
+    sizes = image_sizes.tolist()
+    if all(h == x.shape[-2] and w == x.shape[-1] for h, w in sizes):
+        return backbone(x)
+    maps = [backbone(x[i:i + 1, :, :int(h), :int(w)]) for i, (h, w) in enumerate(sizes)]
+    out: OrderedDict[str, Tensor] = OrderedDict()
+    for k, name in enumerate(maps[0]):
+        times = 6 if name == "pool" else k + 2
+        th, tw = _halved(x.shape[-2], times), _halved(x.shape[-1], times)
+        out[name] = torch.cat([F.pad(m[name], (0, tw - m[name].shape[-1],
+                                               0, th - m[name].shape[-2])) for m in maps])
+    return out  # each [B, C, H_k, W_k]
+
+
 def read_state_dict(path: str | Path, what: str) -> dict[str, Tensor]:
     """The state dict in a local weights file (a ``{"state_dict": ...}`` or ``{"model": ...}``
     wrapper is unwrapped); loaded with ``weights_only=True`` (no code runs).
@@ -187,6 +223,7 @@ def build_backbone(
         in_channels = [c5 // 8, c5 // 4, c5 // 2, c5]
         return_layers = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
         model = BackboneWithFPN(body, return_layers, in_channels, out_channels)
+        model.per_image = not weights  # group norm over the padded batch: backbone_features
     else:
         raise DetgroupError(f"unknown backbone {name!r}; choose small or {sorted(_RESNETS)}")
     if frozen:

@@ -8,7 +8,12 @@ import torch
 from torch import Tensor, nn
 
 from detgroup.config import Config, reads_attributes
-from detgroup.model.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone
+from detgroup.model.backbone import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    backbone_features,
+    build_backbone,
+)
 from detgroup.model.crop_encoder import CropEncoder, check_crop_inputs
 from detgroup.model.heads import AssignmentHead, CategoryHead, EmbeddingHead, PairAffinityHead
 from detgroup.model.item_encoders import AttributeEncoder, TextEncoder, TokenFusion
@@ -117,7 +122,7 @@ class GroupingModel(nn.Module):
         """Backbone maps of a padded batch; pixels outside each image are zero after norm."""
         if self.backbone is None:
             return OrderedDict()
-        return self.backbone(self.normalised(images, image_sizes))
+        return backbone_features(self.backbone, self.normalised(images, image_sizes), image_sizes)
 
     def _crop_tokens(self, images: Tensor, boxes: Tensor, pad_mask: Tensor, image_sizes: Tensor
                      ) -> Tensor:
@@ -131,7 +136,7 @@ class GroupingModel(nn.Module):
         if self.crop_fusion == "replace":
             return self.crop_norm(crop + self.tokenizer.position(box_features(boxes, image_sizes)))
         assert self.backbone is not None
-        feats = self.backbone(pixels)
+        feats = backbone_features(self.backbone, pixels, image_sizes)
         tokens = self.tokenizer(feats, boxes, image_sizes, tuple(images.shape[-2:]))  # [B, N, D]
         return self.crop_norm(tokens + crop)
 
