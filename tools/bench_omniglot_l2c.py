@@ -43,6 +43,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +146,16 @@ def model_logits(ckpt: Path, ann: Path, images: Path
 
 def decode(logits: np.ndarray, method: str = "gaec-kl") -> np.ndarray:
     return partition(logits, None, method)[1]
+
+
+def scored_splits(logits: dict[str, tuple], evaluate: dict[str, list[SceneData]], method: str,
+                  shift: Callable[[np.ndarray, SceneData], np.ndarray] | None = None
+                  ) -> dict[str, list[dict[str, float]]]:
+    """Per split, the scores of each scene's pair logits (``model_logits``' first item),
+    changed by ``shift`` when given, decoded by ``method``."""
+    return {s: [scores(sc.groups, decode(w if shift is None else shift(w, sc), method))
+                for sc, w in zip(scenes, logits[s][0], strict=True)]
+            for s, scenes in evaluate.items()}
 
 
 def hog_prior(logits: np.ndarray, hog: np.ndarray, alpha: float, tau: float) -> np.ndarray:
@@ -253,13 +264,12 @@ def main(argv: list[str] | None = None) -> None:
         name, _, ckpt = spec.partition("=")
         ckpt_path = Path(ckpt)
         logits = {s: model_logits(ckpt_path, *split_files(s)) for s in args.splits}
-        for method in args.methods:
-            label = name if method == args.methods[0] else f"{name} [{method}]"
-            rows[label] = {"setting": f"{method}, pair_bias {logits[args.splits[0]][2]:g}, "
-                                      f"{logits[args.splits[0]][1]:.2f} s forward per scene",
-                           "scenes": {s: [scores(sc.groups, decode(w, method)) for sc, w in
-                                          zip(evaluate[s], logits[s][0], strict=True)]
-                                      for s in args.splits}}
+
+        tags = {m: "" if m == args.methods[0] else f" [{m}]" for m in args.methods}
+        for method, tag in tags.items():
+            rows[name + tag] = {"setting": f"{method}, pair_bias {logits[args.splits[0]][2]:g}, "
+                                           f"{logits[args.splits[0]][1]:.2f} s forward per scene",
+                                "scenes": scored_splits(logits, evaluate, method)}
         if logits[args.splits[0]][3] is not None:  # L2C's own decoding: the cluster head
             rows[f"{name}, argmax of the cluster head (L2C)"] = {
                 "setting": "K^ = output nodes used",
@@ -267,22 +277,20 @@ def main(argv: list[str] | None = None) -> None:
                                zip(evaluate[s], logits[s][3], strict=True)]
                            for s in args.splits}}
         if args.hog_prior:
-            val_logits = model_logits(ckpt_path, *split_files("val"))[0]
-            for method in args.methods:
-                tag = "" if method == args.methods[0] else f" [{method}]"
+            val_logits = (logits["val"] if "val" in logits
+                          else model_logits(ckpt_path, *split_files("val")))[0]
+            for method, tag in tags.items():
                 bias = tune_bias(val_logits, val, method)
                 rows[f"{name}, pair bias tuned on val{tag}"] = {
                     "setting": f"{method}, pair logits {bias:+g}",
-                    "scenes": {s: [scores(sc.groups, decode(w + bias, method))
-                                   for sc, w in zip(evaluate[s], logits[s][0], strict=True)]
-                               for s in args.splits}}
+                    "scenes": scored_splits(logits, evaluate, method,
+                                            lambda w, sc, b=bias: w + b)}
                 alpha, tau = tune_prior(val_logits, val, method)
                 rows[f"{name} + HOG prior{tag}"] = {
                     "setting": f"{method}, alpha {alpha:g}, tau {tau:g} (tuned on val)",
-                    "scenes": {s: [scores(sc.groups,
-                                          decode(hog_prior(w, sc.hog, alpha, tau), method))
-                                   for sc, w in zip(evaluate[s], logits[s][0], strict=True)]
-                               for s in args.splits}}
+                    "scenes": scored_splits(logits, evaluate, method,
+                                            lambda w, sc, a=alpha, t=tau: hog_prior(
+                                                w, sc.hog, a, t))}
         if args.memory:
             split = args.splits[0]
             largest = max(evaluate[split], key=lambda s: len(s.groups)).index

@@ -152,8 +152,8 @@ def backbone_features(backbone: nn.Module, x: Tensor, image_sizes: Tensor
         return backbone(x)
     maps = [backbone(x[i:i + 1, :, :int(h), :int(w)]) for i, (h, w) in enumerate(sizes)]
     out: OrderedDict[str, Tensor] = OrderedDict()
-    for k, name in enumerate(maps[0]):
-        times = 6 if name == "pool" else k + 2
+    for name in maps[0]:
+        times = 6 if name == "pool" else int(name) + 2  # level "k": stride 2 ** (k + 2)
         th, tw = _halved(x.shape[-2], times), _halved(x.shape[-1], times)
         out[name] = torch.cat([F.pad(m[name], (0, tw - m[name].shape[-1],
                                                0, th - m[name].shape[-2])) for m in maps])
