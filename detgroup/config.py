@@ -250,6 +250,19 @@ class AttributesConfig:
 
 
 @dataclass
+class CropAugmentConfig:
+    """The random affine map of each crop in training (:class:`~detgroup.model.crop_encoder.
+    CropAugment`): uniform in +- ``rotate`` and +- ``shear`` degrees, 1 +- ``scale``, and +-
+    ``translate`` x the crop's side. All 0 (the default): no augmentation. Evaluation and
+    inference never warp."""
+
+    rotate: float = 0.0
+    shear: float = 0.0
+    scale: float = 0.0
+    translate: float = 0.0
+
+
+@dataclass
 class CropConfig:
     """A crop of each box cut from the image pixels and encoded by a small CNN
     (:mod:`detgroup.model.crop_encoder`): for small items, seen at their own resolution.
@@ -258,7 +271,8 @@ class CropConfig:
     each side on both ends, then pooled to ``size`` x ``size`` px, or ``size`` x ``width`` px
     when ``width`` > 0 (a word: 16 x 64); the CNN has ``channels`` channels in its
     first stages. ``fusion``: ``add`` (crop token + RoI token) or ``replace`` (the crop token
-    instead of the RoI appearance; the backbone is then not run).
+    instead of the RoI appearance; the backbone is then not run). ``augment``: each training
+    crop warped by its own random affine map (:class:`CropAugmentConfig`; off by default).
     """
 
     enabled: bool = False
@@ -267,6 +281,7 @@ class CropConfig:
     context: float = 0.0
     channels: int = 32
     fusion: CropFusion = "add"
+    augment: CropAugmentConfig = field(default_factory=lambda: CropAugmentConfig())
 
 
 @dataclass
@@ -585,6 +600,9 @@ def _crop_checks(cfg: Config) -> list[tuple[bool, str]]:
         (c.context >= 0, f"model.crop.context must be >= 0, got {c.context}"),
         (c.channels >= 1, f"model.crop.channels must be >= 1, got {c.channels}"),
         (c.fusion in CROP_FUSIONS, f"model.crop.fusion must be one of {CROP_FUSIONS}"),
+        *[(0 <= getattr(c.augment, k) <= bound,
+           f"model.crop.augment.{k} must be in [0, {bound}], got {getattr(c.augment, k)}")
+          for k, bound in (("rotate", 180), ("shear", 60), ("scale", 0.9), ("translate", 1.0))],
         (cfg.model.backbone.name != "none",
          "model.crop needs the image (model.backbone.name is none: images are not read)"),
         (cfg.model.detector.backbone is None, "model.crop is not available with model.detector"),

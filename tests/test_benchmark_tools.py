@@ -221,3 +221,18 @@ def test_bench_omniglot_l2c_scores_every_row_on_the_same_scenes(tmp_path: Path) 
         assert scene["num_groups_error"] == abs(scene["k_pred"] - 10)
         assert len(row["scenes"]["test"]) == 1
     assert rows["HOG + k-means (oracle K)"]["scenes"]["alphabets"][0]["k_pred"] == 10
+    # --tune-split unseen: the tuned rows are tuned on characters of alphabets never trained on
+    held = tmp_path / "held"  # one of the two unlisted runs stays out of training: unseen
+    convert_omniglot(tmp_path / "src", held, seed=1, **{**SMALL, "train_scenes": 8},
+                     unlisted_train_runs=1, eval_alphabets=("Beta",))
+    assert json.loads((held / "unseen/annotations.json").read_text())["images"]
+    out2 = tmp_path / "bench_unseen.json"
+    bench_omniglot_l2c.main(["--data", str(held), "--model", f"crop={ckpt}", "--hog-prior",
+                             "--tune-scenes", "8", "--json", str(out2), "--tune-split", "unseen"])
+    rows2 = json.loads(out2.read_text())["rows"]
+    assert list(rows2) == ["HOG + Ward (tuned on train)", "HOG + Ward (tuned on unseen)",
+                           "pixels + Ward (tuned on train)", "HOG + k-means (oracle K)", "crop",
+                           "crop, pair bias tuned on unseen", "crop + HOG prior"]
+    assert "(tuned on unseen)" in rows2["crop + HOG prior"]["setting"]
+    # the alphabets are the same scenes, so the untuned row is the same
+    assert rows2["crop"]["scenes"]["alphabets"] == rows["crop"]["scenes"]["alphabets"]

@@ -26,6 +26,11 @@ Rows:
   tau tuned on ``val`` by mean ARI. A checkpoint trained with ``model.attributes`` reads each
   split's ``annotations_hog.json`` (:func:`~detgroup.data.crop_descriptors.write_hog_attributes`).
 
+``--tune-split unseen`` tunes every "tuned on" row (Ward threshold, pair bias, HOG prior) on the
+``unseen`` split instead of ``val``: characters of alphabets never trained on (data written with
+``--unlisted-train-runs 4``, so that one run of unlisted characters stays out of training),
+which is what the evaluation alphabets are, where ``val`` holds new characters of trained ones.
+
 Prints per-scene and mean Hungarian accuracy, NMI, ARI and |K^ - K|, and (``--memory``) the
 wall time and peak memory (VmHWM of a fresh process) of one forward + decode of each model on
 the largest scene. ``--json`` writes every number.
@@ -231,6 +236,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tune-scenes", type=int, default=300,
                    help="training scenes the Ward threshold is tuned on")
     p.add_argument("--hog-prior", action="store_true")
+    p.add_argument("--tune-split", default="val",
+                   help="the split the 'tuned on' rows (Ward threshold, pair bias, HOG prior) "
+                        "are tuned on: val (held-out characters of trained alphabets) or "
+                        "unseen (characters of alphabets never trained on, written with "
+                        "--unlisted-train-runs below 5)")
     p.add_argument("--methods", nargs="+", default=["gaec-kl"], choices=["gaec-kl", "average"],
                    help="partition decoders of the model rows; a method other than the first "
                         "names its rows 'NAME [METHOD]'")
@@ -245,13 +255,17 @@ def main(argv: list[str] | None = None) -> None:
         return args.data / split / "annotations.json", args.data / split / "images"
 
     start = time.perf_counter()
-    val = load_scenes(*split_files("val"))
+    tune_split = args.tune_split
+    tune = load_scenes(*split_files(tune_split))
+    if not tune:
+        raise SystemExit(f"{split_files(tune_split)[0]}: split {tune_split!r} has no scenes to "
+                         "tune on")
     evaluate = {s: load_scenes(*split_files(s)) for s in args.splits}
     rows: dict[str, dict[str, object]] = {}
     if not args.skip_baselines:
         train = load_scenes(*split_files("train"), limit=args.tune_scenes)
         for name, tune_on, feature in (("HOG + Ward (tuned on train)", train, "hog"),
-                                       ("HOG + Ward (tuned on val)", val, "hog"),
+                                       (f"HOG + Ward (tuned on {tune_split})", tune, "hog"),
                                        ("pixels + Ward (tuned on train)", train, "pixels")):
             threshold, result = ward_row(tune_on, evaluate, feature)
             rows[name] = {"setting": f"threshold {threshold:.3g}", "scenes": result}
@@ -277,17 +291,18 @@ def main(argv: list[str] | None = None) -> None:
                                zip(evaluate[s], logits[s][3], strict=True)]
                            for s in args.splits}}
         if args.hog_prior:
-            val_logits = (logits["val"] if "val" in logits
-                          else model_logits(ckpt_path, *split_files("val")))[0]
+            tune_logits = (logits[tune_split] if tune_split in logits
+                           else model_logits(ckpt_path, *split_files(tune_split)))[0]
             for method, tag in tags.items():
-                bias = tune_bias(val_logits, val, method)
-                rows[f"{name}, pair bias tuned on val{tag}"] = {
+                bias = tune_bias(tune_logits, tune, method)
+                rows[f"{name}, pair bias tuned on {tune_split}{tag}"] = {
                     "setting": f"{method}, pair logits {bias:+g}",
                     "scenes": scored_splits(logits, evaluate, method,
                                             lambda w, sc, b=bias: w + b)}
-                alpha, tau = tune_prior(val_logits, val, method)
+                alpha, tau = tune_prior(tune_logits, tune, method)
                 rows[f"{name} + HOG prior{tag}"] = {
-                    "setting": f"{method}, alpha {alpha:g}, tau {tau:g} (tuned on val)",
+                    "setting": f"{method}, alpha {alpha:g}, tau {tau:g} "
+                               f"(tuned on {tune_split})",
                     "scenes": scored_splits(logits, evaluate, method,
                                             lambda w, sc, a=alpha, t=tau: hog_prior(
                                                 w, sc.hog, a, t))}

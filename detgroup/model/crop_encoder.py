@@ -11,6 +11,12 @@ x N boxes are one batch of the CNN: no loop over boxes. The crops are cut in ``f
 the image the model is given, so any augmentation of the image and its boxes applies to them
 too.
 
+``augment`` (:class:`CropAugment`, training only, off by default) additionally warps each crop by
+its own random affine map (rotation, shear, scale, shift), drawn from ``torch``'s generator: the
+pair head then has to see two drawings of one character as alike under the small distortions a
+new drawer, shelf angle or cell shape brings. The warped crop is sampled from the *image* (not
+from the unwarped crop), so that it reads the real pixels around the box instead of zeros.
+
 :func:`check_crop_inputs` turns the inputs a crop cannot be cut from (a box of no width or
 height inside its image, an image smaller than the crop) into a
 :class:`~detgroup.errors.DetgroupError` that names the box or the key.
@@ -18,7 +24,11 @@ height inside its image, an image smaller than the crop) into a
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
@@ -26,6 +36,43 @@ from detgroup.errors import DetgroupError
 
 CROP_FUSIONS = ("add", "replace")
 MIN_CROP_SIZE = 8  # three stride-2 stages keep at least one cell
+
+
+@dataclass(frozen=True)
+class CropAugment:
+    """The range of the random affine map of each training crop (all 0: none).
+
+    ``rotate`` and ``shear`` in degrees (uniform in +-), ``scale`` a fraction (uniform in 1 +-
+    scale), ``translate`` a fraction of the crop's side (uniform in +-)."""
+
+    rotate: float = 0.0
+    shear: float = 0.0
+    scale: float = 0.0
+    translate: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return any(v > 0 for v in (self.rotate, self.shear, self.scale, self.translate))
+
+
+def random_affine(count: int, augment: CropAugment, *, device: torch.device,
+                  dtype: torch.dtype) -> Tensor:
+    """``count`` random affine maps of the crop plane, in units of the crop's half side:
+    [count, 2, 3] (rotation @ shear / scale, then a shift), taking an output point of the crop
+    to the point of the unwarped crop it is read from."""
+    def uniform(limit: float) -> Tensor:  # [count]
+        return (torch.rand(count, device=device, dtype=dtype) * 2 - 1) * limit
+
+    angle = uniform(math.radians(augment.rotate))  # [count]
+    shear = torch.tan(uniform(math.radians(augment.shear)))  # [count]
+    scale = 1 + uniform(augment.scale)  # [count]
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # rotation [[c, -s], [s, c]] @ shear [[1, k], [0, 1]], divided by the scale: a crop scaled
+    # up by s reads a window 1 / s the size
+    linear = torch.stack([torch.stack([cos, cos * shear - sin], -1),
+                          torch.stack([sin, sin * shear + cos], -1)], -2) / scale[:, None, None]
+    shift = torch.stack([uniform(2 * augment.translate), uniform(2 * augment.translate)], -1)
+    return torch.cat([linear, shift[..., None]], dim=-1)  # [count, 2, 3]
 
 
 def square_crop_boxes(boxes: Tensor, context: float) -> Tensor:
@@ -93,8 +140,10 @@ class CropEncoder(nn.Module):
     """
 
     def __init__(self, *, size: int, context: float, channels: int, dim: int,
-                 in_channels: int = 3, width: int = 0) -> None:
+                 in_channels: int = 3, width: int = 0,
+                 augment: CropAugment | None = None) -> None:
         super().__init__()
+        self.augment = augment or CropAugment()
         if min(size, width or size) < MIN_CROP_SIZE:
             raise ValueError(f"crop size must be >= {MIN_CROP_SIZE}, got {size} x {width}")
         self.size = size  # grid height
@@ -130,6 +179,44 @@ class CropEncoder(nn.Module):
         return roi_align(pixels, rois, (self.size, self.width), spatial_scale=1.0,
                          sampling_ratio=-1, aligned=True)
 
+    def warped_crops(self, pixels: Tensor, boxes: Tensor, affine: Tensor) -> Tensor:
+        """The crops of all boxes, each warped by its affine map: [B * N, 3, size, width].
+
+        With the identity map it is the crop of :meth:`crops` read by bilinear sampling (one
+        sample per grid cell, where roi_align averages as many as a big box has pixels per cell;
+        the same for boxes no larger than the grid).
+
+        Args:
+            pixels: [B, 3, H, W] normalised image, zero outside each image.
+            boxes: [B, N, 4] xyxy px.
+            affine: [B * N, 2, 3] maps in units of the crop's half side (:func:`random_affine`).
+        """
+        b, n = boxes.shape[:2]
+        h, w = pixels.shape[-2:]
+        window = crop_windows(boxes, self.context, self.width / self.size).reshape(b * n, 4)
+        centre = (window[:, :2] + window[:, 2:]) / 2  # [B * N, 2] (x, y) px
+        half = (window[:, 2:] - window[:, :2]) / 2  # [B * N, 2] (x, y) px
+        # cell centres of the grid in units of the half side ([-1, 1], as roi_align aligned=True)
+        ys = (torch.arange(self.size, device=boxes.device, dtype=boxes.dtype) + 0.5) \
+            / self.size * 2 - 1  # [size]
+        xs = (torch.arange(self.width, device=boxes.device, dtype=boxes.dtype) + 0.5) \
+            / self.width * 2 - 1  # [width]
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # [size, width, 2]
+        # the map acts in pixels: scale the half-side units by the window's own half sides so that
+        # a rotation of a wide (word) crop stays a rotation
+        unit = grid * half[:, None, None, :]  # [B * N, size, width, 2] px from the centre
+        linear, shift = affine[:, :, :2], affine[:, :, 2]  # [B * N, 2, 2], [B * N, 2]
+        point = torch.einsum("kij,kyxj->kyxi", linear, unit) + (shift * half)[:, None, None]
+        point = point + centre[:, None, None]  # [B * N, size, width, 2] image px
+        # to grid_sample's [-1, 1] of the padded image (align_corners=False: pixel edges)
+        norm = torch.stack([point[..., 0] / w, point[..., 1] / h], dim=-1) * 2 - 1
+        norm = norm.view(b, n * self.size, self.width, 2)  # the crops of image b stacked in rows
+        out = F.grid_sample(pixels, norm.to(pixels.dtype), mode="bilinear",
+                            padding_mode="zeros", align_corners=False)  # [B, 3, N * size, width]
+        c = pixels.shape[1]
+        return out.view(b, c, n, self.size, self.width).transpose(1, 2).reshape(
+            b * n, c, self.size, self.width)
+
     def forward(self, pixels: Tensor, boxes: Tensor, pad_mask: Tensor) -> Tensor:
         """
         Args:
@@ -144,6 +231,11 @@ class CropEncoder(nn.Module):
         dim = self.norm.normalized_shape[0]
         if n == 0:
             return boxes.new_zeros(b, 0, dim)
-        x = self.cnn(self.crops(pixels, boxes))  # [B * N, 2c, rows, cols]
+        if self.training and self.augment.enabled:
+            affine = random_affine(b * n, self.augment, device=boxes.device, dtype=boxes.dtype)
+            crops = self.warped_crops(pixels, boxes, affine)  # [B * N, 3, size, width]
+        else:
+            crops = self.crops(pixels, boxes)  # [B * N, 3, size, width]
+        x = self.cnn(crops)  # [B * N, 2c, rows, cols]
         tokens = self.norm(self.project(x)).view(b, n, dim)  # [B, N, D]
         return tokens * (~pad_mask)[..., None].to(tokens.dtype)

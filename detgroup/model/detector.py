@@ -14,7 +14,7 @@ from detgroup.model.backbone import (
     backbone_features,
     build_backbone,
 )
-from detgroup.model.crop_encoder import CropEncoder, check_crop_inputs
+from detgroup.model.crop_encoder import CropAugment, CropEncoder, check_crop_inputs
 from detgroup.model.heads import AssignmentHead, CategoryHead, EmbeddingHead, PairAffinityHead
 from detgroup.model.item_encoders import AttributeEncoder, TextEncoder, TokenFusion
 from detgroup.model.pair_prior import PairPrior
@@ -299,7 +299,8 @@ def build_model(cfg: Config, *, pretrained: bool = True) -> nn.Module:
     parts = 1 + (text_encoder is not None) + (attribute_encoder is not None)
     fusion = TokenFusion(dim=m.dim, parts=parts, mode=m.fusion) if parts > 1 else None
     crop_encoder = (CropEncoder(size=m.crop.size, context=m.crop.context,
-                                channels=m.crop.channels, dim=m.dim, width=m.crop.width)
+                                channels=m.crop.channels, dim=m.dim, width=m.crop.width,
+                                augment=CropAugment(**vars(m.crop.augment)))
                     if m.crop.enabled else None)
     pc = m.pair_candidates
     candidates = None if pc.mode == "dense" else PairCandidates(
