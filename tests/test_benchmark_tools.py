@@ -228,7 +228,8 @@ def test_bench_omniglot_l2c_scores_every_row_on_the_same_scenes(tmp_path: Path) 
     assert json.loads((held / "unseen/annotations.json").read_text())["images"]
     out2 = tmp_path / "bench_unseen.json"
     bench_omniglot_l2c.main(["--data", str(held), "--model", f"crop={ckpt}", "--hog-prior",
-                             "--tune-scenes", "8", "--json", str(out2), "--tune-split", "unseen"])
+                             "--tune-scenes", "8", "--json", str(out2), "--tune-split", "unseen",
+                             "--shift-sweep"])
     rows2 = json.loads(out2.read_text())["rows"]
     assert list(rows2) == ["HOG + Ward (tuned on train)", "HOG + Ward (tuned on unseen)",
                            "pixels + Ward (tuned on train)", "HOG + k-means (oracle K)", "crop",
@@ -236,3 +237,10 @@ def test_bench_omniglot_l2c_scores_every_row_on_the_same_scenes(tmp_path: Path) 
     assert "(tuned on unseen)" in rows2["crop + HOG prior"]["setting"]
     # the alphabets are the same scenes, so the untuned row is the same
     assert rows2["crop"]["scenes"]["alphabets"] == rows["crop"]["scenes"]["alphabets"]
+    # --shift-sweep: at shift 0 the sweep is the untuned row
+    sweep = json.loads(out2.read_text())["sweep"]
+    assert list(sweep) == ["HOG + Ward, threshold", "crop, shift"]
+    assert sweep["crop, shift"][bench_omniglot_l2c.SHIFT_GRID.index(0.0)] == \
+        rows2["crop"]["scenes"]["alphabets"][0]["hungarian_acc"]
+    hog = rows2["HOG + Ward (tuned on unseen)"]["scenes"]["alphabets"][0]["hungarian_acc"]
+    assert max(sweep["HOG + Ward, threshold"]) >= hog  # the best threshold of all

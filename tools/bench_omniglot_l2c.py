@@ -68,6 +68,7 @@ METRICS = ("hungarian_acc", "nmi", "ari", "num_groups_error")
 WARD_GRID = np.geomspace(0.2, 12.0, 48)
 PRIOR_ALPHA = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 BIAS_GRID = (-3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0)
+SHIFT_GRID = tuple(float(b) for b in np.arange(-3.0, 1.01, 0.5))  # --shift-sweep
 HOG_ANNOTATIONS = "annotations_hog.json"  # write_hog_attributes of each split's file
 PRIOR_TAU = tuple(np.round(np.linspace(0.3, 0.9, 13), 3))
 
@@ -245,6 +246,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="partition decoders of the model rows; a method other than the first "
                         "names its rows 'NAME [METHOD]'")
     p.add_argument("--memory", action="store_true")
+    p.add_argument("--shift-sweep", action="store_true",
+                   help="a diagnostic: each model's mean Hungarian accuracy on the first split "
+                        "at every constant shift of its pair logits (chosen on that split "
+                        "itself, so no result), beside HOG + Ward at every threshold")
     p.add_argument("--skip-baselines", action="store_true",
                    help="models only (the baselines are deterministic: same rows every run)")
     p.add_argument("--json", type=Path)
@@ -274,6 +279,12 @@ def main(argv: list[str] | None = None) -> None:
                                                           position_weight=0.0))
                     for s in scenes] for split, scenes in evaluate.items()}}
     memory: dict[str, dict[str, float]] = {}
+    sweep: dict[str, list[float]] = {}
+    if args.shift_sweep:
+        first = evaluate[args.splits[0]]
+        sweep["HOG + Ward, threshold"] = [float(np.mean([scores(
+            s.groups, Agglomerative(float(t), "ward")(s.hog))["hungarian_acc"] for s in first]))
+            for t in WARD_GRID]
     for spec in args.model:
         name, _, ckpt = spec.partition("=")
         ckpt_path = Path(ckpt)
@@ -306,6 +317,12 @@ def main(argv: list[str] | None = None) -> None:
                     "scenes": scored_splits(logits, evaluate, method,
                                             lambda w, sc, a=alpha, t=tau: hog_prior(
                                                 w, sc.hog, a, t))}
+        if args.shift_sweep:
+            for method, tag in tags.items():
+                sweep[f"{name}{tag}, shift"] = [float(np.mean([
+                    scores(sc.groups, decode(w + b, method))["hungarian_acc"]
+                    for sc, w in zip(evaluate[args.splits[0]], logits[args.splits[0]][0],
+                                     strict=True)])) for b in SHIFT_GRID]
         if args.memory:
             split = args.splits[0]
             largest = max(evaluate[split], key=lambda s: len(s.groups)).index
@@ -330,6 +347,17 @@ def main(argv: list[str] | None = None) -> None:
         cells = [f"{r['hungarian_acc']:.3f} / {r['ari']:.3f} / {r['k_pred']}"
                  for r in row["scenes"][split]]  # type: ignore[index]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    if sweep:
+        print(f"\n## {split}: Hungarian acc at every shift / threshold (a diagnostic: chosen "
+              "on this split itself)")
+        for name, values in sweep.items():
+            if name.startswith("HOG"):  # 48 thresholds: the best and its neighbours
+                k = int(np.argmax(values))
+                cells = [(float(WARD_GRID[i]), values[i])
+                         for i in range(max(k - 2, 0), min(k + 3, len(values)))]
+            else:
+                cells = list(zip(SHIFT_GRID, values, strict=True))
+            print(f"* {name}: " + ", ".join(f"{g:+.3g}: {v:.3f}" for g, v in cells))
     if memory:
         print("\n## one forward + decode on the largest scene (fresh process)")
         for name, m in memory.items():
@@ -337,7 +365,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"{m['decode_s']:.2f} s, peak memory {m['peak_mib']:.0f} MiB "
                   f"({m['peak_mib_before']:.0f} MiB after loading)")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "memory": memory}, indent=1))
+        args.json.write_text(json.dumps({"rows": rows, "memory": memory, "sweep": sweep},
+                                        indent=1))
 
 
 if __name__ == "__main__":
