@@ -227,7 +227,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     post = PostProcess.from_config(cfg.decoder, method=args.method,
                                    consistency=args.consistency, pair_bias=args.pair_bias,
                                    neighbors=args.neighbors,
-                                   ignore_categories=args.ignore_categories)
+                                   ignore_categories=args.ignore_categories,
+                                   pair_bias_search=args.pair_bias_search)
     report = None
     if args.report:
         from detgroup.report import ReportBuilder
@@ -272,6 +273,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         detector=args.detector, detector_arch=args.detector_arch,
         detector_score=args.detector_score, detector_classes=args.detector_classes,
         device=args.device, method=args.method, neighbors=args.neighbors,
+        pair_bias_search=args.pair_bias_search,
         overlays=not args.no_overlays,
         heatmap=args.heatmap, resume=not args.no_resume, clip=args.clip,
         pair_prior=args.pair_prior, ignore_categories=args.ignore_categories,
@@ -366,6 +368,11 @@ def _add_decoder(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=["gaec-kl", "average", "components", "exact"],
                    help="partition decoder (default: the checkpoint's decoder.method)")
     _add_neighbors(p)
+    p.add_argument("--pair-bias-search", choices=["none", "silhouette"],
+                   help="per image, shift the pair logits by the value of the checkpoint's "
+                        "decoder.pair_bias_grid whose partition has the highest silhouette "
+                        "(no labels; for logits miscalibrated on new data; every pair only) "
+                        "(default: the checkpoint's decoder.pair_bias_search)")
 
 
 def _add_clip(p: argparse.ArgumentParser) -> None:

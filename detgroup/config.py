@@ -33,6 +33,7 @@ PairLoss = Literal["bce", "kcl", "mcl", "ae"]
 PairBalance = Literal["pairs", "groups"]
 DecoderMethod = Literal["gaec-kl", "average", "components", "exact"]
 Consistency = Literal["joint", "forbid"]
+PairBiasSearch = Literal["none", "silhouette"]  # decoder.pair_bias_search
 PairCandidateMode = Literal["dense", "sparse", "auto"]
 TrainDevice = Literal["auto", "cpu", "cuda"]
 # the val metrics training logs after each evaluation; train.select_by picks best.pt by one
@@ -142,6 +143,10 @@ class DataConfig:
     box_dropout: float = 0.0
     # categories left out of the entity_* metrics (LayoutLM / FUNSD protocol: ["other"])
     unscored_categories: list[str] = field(default_factory=list)
+    # score val by the grouping alone (as `detgroup eval --ignore-categories`): every val box of
+    # one category, decoded by the pair logits alone, so val may hold categories never trained
+    # on (e.g. Omniglot's `unseen` alphabets) and best.pt is chosen on how those are grouped
+    val_ignore_categories: bool = False
 
 
 @dataclass
@@ -358,6 +363,13 @@ class DecoderConfig:
     # boxes (detgroup.decoder.neighbor_edges; other pairs neutral), so groups grow through
     # chains of neighbours
     neighbors: int = 0
+    # a further shift of the pair logits chosen per image without labels. silhouette: of the
+    # shifts in pair_bias_grid, the one whose partition has the highest silhouette (scikit-learn)
+    # under the distance 1 - p, p the unshifted same-group probabilities; ties go to the
+    # smallest shift. For logits miscalibrated on new data (categories never trained on: the
+    # learned logits of new Omniglot alphabets are about 2 too high). Every pair (neighbors 0)
+    pair_bias_search: PairBiasSearch = "none"
+    pair_bias_grid: list[float] = field(default_factory=lambda: [k / 4 for k in range(-16, 9)])
 
 
 @dataclass

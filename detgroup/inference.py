@@ -40,6 +40,7 @@ class Grouper:
         pair_bias: float | None = None,
         clip: bool = False,
         ignore_categories: bool = False,
+        pair_bias_search: str | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.clip = clip  # clip boxes that leave the image (else they are an error)
@@ -51,7 +52,8 @@ class Grouper:
                                                    consistency=consistency, neighbors=neighbors,
                                                    pair_bias=pair_bias,
                                                    category_names=self.category_names,
-                                                   ignore_categories=ignore_categories)
+                                                   ignore_categories=ignore_categories,
+                                                   pair_bias_search=pair_bias_search)
 
     @classmethod
     def from_checkpoint(
@@ -60,7 +62,7 @@ class Grouper:
         pair_bias: float | None = None, clip: bool = False,
         pair_prior: PairPriorConfig | str | None = None,
         attribute_names: list[str] | None = None, state: dict[str, Any] | None = None,
-        ignore_categories: bool = False,
+        ignore_categories: bool = False, pair_bias_search: str | None = None,
     ) -> Grouper:
         """Load a checkpoint written by ``detgroup train`` (the config travels inside).
 
@@ -73,6 +75,7 @@ class Grouper:
         the checkpoint already read by :func:`detgroup.checkpoint.load_checkpoint` (not read
         again). ``ignore_categories``: group by the pair logits alone, every box of the one
         category ``"object"`` (boxes of classes the model never learnt, e.g. new alphabets).
+        ``pair_bias_search``: replaces the checkpoint's ``decoder.pair_bias_search``.
         """
         torch_device = resolve_device(device)
         if isinstance(pair_prior, str):
@@ -82,7 +85,7 @@ class Grouper:
             attribute_names=attribute_names)
         return cls(model, cfg, device=torch_device, method=method, consistency=consistency,
                    neighbors=neighbors, pair_bias=pair_bias, clip=clip,
-                   ignore_categories=ignore_categories)
+                   ignore_categories=ignore_categories, pair_bias_search=pair_bias_search)
 
     @property
     def decoder_settings(self) -> dict[str, Any]:

@@ -12,7 +12,9 @@ import pytest
 from benchlib.methods import PerBoxOutputs, vote_categories
 from benchlib.scoring import METRICS
 
+from detgroup.config import DecoderConfig
 from detgroup.engine.checkpoint import load_checkpoint, save_checkpoint
+from detgroup.model.postprocess import PostProcess
 
 
 def test_vote_gives_each_group_its_most_probable_category() -> None:
@@ -229,11 +231,20 @@ def test_bench_omniglot_l2c_scores_every_row_on_the_same_scenes(tmp_path: Path) 
     out2 = tmp_path / "bench_unseen.json"
     bench_omniglot_l2c.main(["--data", str(held), "--model", f"crop={ckpt}", "--hog-prior",
                              "--tune-scenes", "8", "--json", str(out2), "--tune-split", "unseen",
-                             "--shift-sweep"])
+                             "--shift-sweep", "--pair-bias-search"])
     rows2 = json.loads(out2.read_text())["rows"]
     assert list(rows2) == ["HOG + Ward (tuned on train)", "HOG + Ward (tuned on unseen)",
                            "pixels + Ward (tuned on train)", "HOG + k-means (oracle K)", "crop",
-                           "crop, pair bias tuned on unseen", "crop + HOG prior"]
+                           "crop, pair bias tuned on unseen", "crop + HOG prior",
+                           "crop, pair bias searched (silhouette)",
+                           "crop + HOG prior, pair bias searched (silhouette)"]
+    # the searched row is PostProcess's own search on the same logits
+    post = PostProcess(pair_bias_search="silhouette",
+                       pair_bias_grid=DecoderConfig().pair_bias_grid)
+    part, _ = post.decode_searched(w, None, np.zeros((len(w), 4)))
+    (beta,) = load_scenes(data / "alphabets/annotations.json", data / "alphabets/images")
+    assert rows2["crop, pair bias searched (silhouette)"]["scenes"]["alphabets"][0]["ari"] == \
+        pytest.approx(adjusted_rand_score(beta.groups, part.cluster))
     assert "(tuned on unseen)" in rows2["crop + HOG prior"]["setting"]
     # the alphabets are the same scenes, so the untuned row is the same
     assert rows2["crop"]["scenes"]["alphabets"] == rows["crop"]["scenes"]["alphabets"]

@@ -154,3 +154,33 @@ def test_per_image_resnet_maps_have_the_batch_s_sizes(h: int, w: int) -> None:
         a = alone[name]
         torch.testing.assert_close(per_image[name][1:, :, :a.shape[-2], :a.shape[-1]], a)
         assert not per_image[name][1:, :, a.shape[-2]:].any()
+
+
+def test_train_scores_a_val_set_of_unseen_categories_by_its_grouping(
+        tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``data.val_ignore_categories``: training's val is what ``eval --ignore-categories``
+    reports for the same checkpoint, on a val file of categories never trained on."""
+    import csv
+
+    from detgroup.engine.train import train
+    from detgroup.errors import DetgroupError
+
+    renamed = _renamed(tiny_data, tmp_path)
+    with pytest.raises(DetgroupError, match="val_ignore_categories"):
+        train(tiny_config(tiny_data, f"data.val_ann={renamed}", "train.epochs=1"),
+              out_dir=tmp_path / "refused", progress=False)
+    with pytest.raises(DetgroupError, match="set no data.unscored_categories"):
+        train(tiny_config(tiny_data, f"data.val_ann={renamed}", "train.epochs=1",
+                          "data.val_ignore_categories=true", "data.unscored_categories=[cat]"),
+              out_dir=tmp_path / "refused2", progress=False)
+    out = tmp_path / "run"
+    train(tiny_config(tiny_data, f"data.val_ann={renamed}", "train.epochs=1",
+                      "data.val_ignore_categories=true"), out_dir=out, progress=False)
+    row = next(csv.DictReader((out / "log.csv").open()))
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(renamed),
+                 "--images", str(tiny_data / "val/images"), "--ignore-categories",
+                 "--json"]) == 0
+    report = _last_json(capsys.readouterr().out)
+    assert float(row["val_cat_acc"]) == 1.0  # every box of the one category
+    for key in ("ari", "exact_group_f1", "group_pq"):
+        assert float(row[f"val_{key}"]) == pytest.approx(report[key], abs=1e-4), key

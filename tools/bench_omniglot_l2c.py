@@ -57,12 +57,13 @@ import torch
 
 from detgroup.baselines import Agglomerative, Scene, Setting, kmeans_oracle_groups, l2_normalise
 from detgroup.baselines import tune as tune_setting
-from detgroup.config import reads_attributes
+from detgroup.config import DecoderConfig, reads_attributes
 from detgroup.data.crop_descriptors import crop_hog, crop_pixels
 from detgroup.data.dataset import GroupDataset, collate_groups, model_inputs
 from detgroup.decoder import partition
 from detgroup.engine.checkpoint import load_model_from_checkpoint
 from detgroup.metrics import image_metrics
+from detgroup.model.postprocess import PostProcess
 
 METRICS = ("hungarian_acc", "nmi", "ari", "num_groups_error")
 WARD_GRID = np.geomspace(0.2, 12.0, 48)
@@ -164,6 +165,13 @@ def scored_splits(logits: dict[str, tuple], evaluate: dict[str, list[SceneData]]
             for s, scenes in evaluate.items()}
 
 
+def searched(logits: np.ndarray, method: str) -> np.ndarray:
+    """Groups [N] of ``decoder.pair_bias_search: silhouette`` over the default grid."""
+    post = PostProcess(method=method, pair_bias_search="silhouette",
+                       pair_bias_grid=DecoderConfig().pair_bias_grid)
+    return post.decode_searched(logits, None, np.zeros((len(logits), 4)))[0].cluster
+
+
 def hog_prior(logits: np.ndarray, hog: np.ndarray, alpha: float, tau: float) -> np.ndarray:
     return logits + alpha * (hog @ hog.T - tau)
 
@@ -250,6 +258,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="a diagnostic: each model's mean Hungarian accuracy on the first split "
                         "at every constant shift of its pair logits (chosen on that split "
                         "itself, so no result), beside HOG + Ward at every threshold")
+    p.add_argument("--pair-bias-search", action="store_true",
+                   help="rows of decoder.pair_bias_search silhouette: each scene's shift chosen "
+                        "without labels (with --hog-prior also on the HOG-prior logits)")
     p.add_argument("--skip-baselines", action="store_true",
                    help="models only (the baselines are deterministic: same rows every run)")
     p.add_argument("--json", type=Path)
@@ -301,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
                 "scenes": {s: [scores(sc.groups, a) for sc, a in
                                zip(evaluate[s], logits[s][3], strict=True)]
                            for s in args.splits}}
+        priors: dict[str, tuple[float, float]] = {}  # method: (alpha, tau) tuned
         if args.hog_prior:
             tune_logits = (logits[tune_split] if tune_split in logits
                            else model_logits(ckpt_path, *split_files(tune_split)))[0]
@@ -310,13 +322,30 @@ def main(argv: list[str] | None = None) -> None:
                     "setting": f"{method}, pair logits {bias:+g}",
                     "scenes": scored_splits(logits, evaluate, method,
                                             lambda w, sc, b=bias: w + b)}
-                alpha, tau = tune_prior(tune_logits, tune, method)
+                alpha, tau = priors[method] = tune_prior(tune_logits, tune, method)
                 rows[f"{name} + HOG prior{tag}"] = {
                     "setting": f"{method}, alpha {alpha:g}, tau {tau:g} "
                                f"(tuned on {tune_split})",
                     "scenes": scored_splits(logits, evaluate, method,
                                             lambda w, sc, a=alpha, t=tau: hog_prior(
                                                 w, sc.hog, a, t))}
+        if args.pair_bias_search:
+            for method, tag in tags.items():
+                rows[f"{name}, pair bias searched (silhouette){tag}"] = {
+                    "setting": f"{method}, per scene, no labels",
+                    "scenes": {s: [scores(sc.groups, searched(w, method))
+                                   for sc, w in zip(evaluate[s], logits[s][0], strict=True)]
+                               for s in args.splits}}
+                if method in priors:
+                    alpha, tau = priors[method]
+                    rows[f"{name} + HOG prior, pair bias searched (silhouette){tag}"] = {
+                        "setting": f"{method}, alpha {alpha:g}, tau {tau:g} (tuned on "
+                                   f"{tune_split}), then per scene",
+                        "scenes": {s: [scores(sc.groups, searched(hog_prior(w, sc.hog, alpha,
+                                                                              tau), method))
+                                       for sc, w in zip(evaluate[s], logits[s][0],
+                                                        strict=True)]
+                                   for s in args.splits}}
         if args.shift_sweep:
             for method, tag in tags.items():
                 sweep[f"{name}{tag}, shift"] = [float(np.mean([

@@ -122,6 +122,7 @@ def run_inference(
     device: str = "cpu",
     method: str | None = None,
     neighbors: int | None = None,
+    pair_bias_search: str | None = None,
     overlays: bool = True,
     heatmap: bool = False,
     resume: bool = True,
@@ -135,6 +136,7 @@ def run_inference(
     box file, instead of refusing the file). ``pair_prior``: replaces the checkpoint's
     ``model.pair_prior`` (:meth:`Grouper.from_checkpoint`). ``ignore_categories``: group by the
     pair logits alone; every box is of the one category ``object`` in every output.
+    ``pair_bias_search``: replaces the checkpoint's ``decoder.pair_bias_search``.
     """
     from detgroup.visualize import draw_groups, save_rgb_png
 
@@ -147,6 +149,7 @@ def run_inference(
     file_names = source.coco.attribute_names if source is not None and source.coco else None
     grouper = Grouper.from_checkpoint(checkpoint, device=device, method=method,
                                       neighbors=neighbors, clip=clip, pair_prior=pair_prior,
+                                      pair_bias_search=pair_bias_search,
                                       attribute_names=file_names, state=state,
                                       ignore_categories=ignore_categories)
     # neither: the model detects the boxes itself (trained with model.detector)

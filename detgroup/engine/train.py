@@ -35,7 +35,7 @@ from detgroup.engine.checkpoint import load_checkpoint, load_model_weights, save
 from detgroup.engine.evaluate import evaluate, move_batch, unscored_indices
 from detgroup.errors import DetgroupError
 from detgroup.losses import calibrated_pair_bias
-from detgroup.model.postprocess import build
+from detgroup.model.postprocess import AGNOSTIC_CATEGORY, PostProcess, build
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +173,15 @@ def build_loaders(cfg: Config) -> tuple[GroupDataset, GroupDataset]:
                                 "be undefined)")):
         if dataset.coco.group_label_counts()["boxes"] == 0:
             raise DetgroupError(f"{ann}: no boxes in its {len(dataset)} images: nothing {what}")
-    if train_set.category_names != val_set.category_names:
+    if cfg.data.val_ignore_categories and cfg.data.unscored_categories:
+        raise DetgroupError("data.val_ignore_categories scores one category: set no "
+                            "data.unscored_categories")
+    if (train_set.category_names != val_set.category_names
+            and not cfg.data.val_ignore_categories):
         raise DetgroupError(
             f"{cfg.data.val_ann}: categories {val_set.category_names} differ from the training "
-            f"set's {train_set.category_names}"
+            f"set's {train_set.category_names} (data.val_ignore_categories=true scores val by "
+            "the grouping alone)"
         )
     if reads_attributes(cfg):
         names = train_set.coco.attribute_names
@@ -263,6 +268,11 @@ def train(
 
     torch.manual_seed(cfg.train.seed)
     model, criterion, postprocess = build(cfg)
+    val_classes = len(cfg.category_names)
+    if cfg.data.val_ignore_categories:  # val by the pair logits alone, one category
+        postprocess = PostProcess.from_config(cfg.decoder, category_names=[AGNOSTIC_CATEGORY],
+                                              ignore_categories=True)
+        val_classes = 1
     model = model.to(device)
     detects = cfg.model.detector.backbone is not None  # the model needs the truth to train
     params = [p for p in model.parameters() if p.requires_grad]
@@ -392,7 +402,7 @@ def train(
             is_eval = epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs
             if is_eval and info.main:
                 summary, _ = evaluate(
-                    _unwrap(model), val_loader, num_classes=len(names), postprocess=postprocess,
+                    _unwrap(model), val_loader, num_classes=val_classes, postprocess=postprocess,
                     device=device, progress=progress, unscored_categories=unscored,
                 )
                 row.update({f"val_{k}": summary[k] for k in VAL_METRICS})

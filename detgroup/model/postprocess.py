@@ -8,6 +8,7 @@ the report) reads the same :class:`Prediction`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -84,7 +85,8 @@ class PostProcess:
     def __init__(self, *, method: str = "gaec-kl", consistency: str = "joint",
                  pair_bias: float = 0.0, neighbors: int = 0,
                  category_names: list[str] | None = None,
-                 ignore_categories: bool = False) -> None:
+                 ignore_categories: bool = False, pair_bias_search: str = "none",
+                 pair_bias_grid: Sequence[float] = (0.0,)) -> None:
         if neighbors and method == "exact":
             raise DetgroupError("decoder method 'exact' decodes every pair; it cannot be used "
                                 f"with neighbors={neighbors} (use neighbors 0)")
@@ -96,19 +98,33 @@ class PostProcess:
         # decode the pair logits alone, every box of one category (index 0): the grouping of
         # boxes whose categories the model never learnt (e.g. Omniglot alphabets left out)
         self.ignore_categories = ignore_categories
+        if pair_bias_search not in ("none", "silhouette"):
+            raise DetgroupError(f"decoder.pair_bias_search must be none or silhouette, got "
+                                f"{pair_bias_search!r}")
+        if pair_bias_search != "none" and neighbors:
+            raise DetgroupError(f"decoder.pair_bias_search {pair_bias_search} scores every pair: "
+                                f"it cannot be used with neighbors={neighbors} (use neighbors 0)")
+        if pair_bias_search != "none" and not len(pair_bias_grid):
+            raise DetgroupError("decoder.pair_bias_grid is empty: give the shifts to search")
+        self.pair_bias_search = pair_bias_search
+        # ties go to the smallest shift: searched in order of |shift|
+        self.pair_bias_grid = sorted((float(g) for g in pair_bias_grid), key=abs)
 
     @classmethod
     def from_config(cls, decoder: Any, *, method: str | None = None,
                     consistency: str | None = None, pair_bias: float | None = None,
                     neighbors: int | None = None,
                     category_names: list[str] | None = None,
-                    ignore_categories: bool = False) -> PostProcess:
+                    ignore_categories: bool = False,
+                    pair_bias_search: str | None = None) -> PostProcess:
         """From a :class:`~detgroup.config.DecoderConfig`, each field overridable."""
         return cls(method=method or decoder.method,
                    consistency=consistency or decoder.consistency,
                    pair_bias=decoder.pair_bias if pair_bias is None else pair_bias,
                    neighbors=decoder.neighbors if neighbors is None else neighbors,
-                   category_names=category_names, ignore_categories=ignore_categories)
+                   category_names=category_names, ignore_categories=ignore_categories,
+                   pair_bias_search=pair_bias_search or decoder.pair_bias_search,
+                   pair_bias_grid=tuple(decoder.pair_bias_grid))
 
     def settings(self) -> dict[str, Any]:
         """Keyword arguments of :func:`detgroup.decoder.partition` that decode as this does."""
@@ -122,6 +138,27 @@ class PostProcess:
         return decode_on_neighbors(pair_logits, class_logits, method=self.method,
                                    consistency=self.consistency, boxes=boxes,
                                    neighbors=self.neighbors)
+
+    def decode_searched(self, pair_logits: np.ndarray, class_logits: np.ndarray | None,
+                        boxes: np.ndarray) -> tuple[Partition, float]:
+        """``decoder.pair_bias_search: silhouette``: the partition of pair_logits [N, N] + s
+        for the shift s of ``pair_bias_grid`` with the highest silhouette under 1 - p (p: the
+        unshifted pair probabilities; a partition of one group or of singletons scores -1, so
+        with no structure at all the smallest shift wins). Returns (partition, s)."""
+        from sklearn.metrics import silhouette_score
+
+        distance = 1.0 - expit(pair_logits)  # [N, N]
+        np.fill_diagonal(distance, 0.0)
+        best: tuple[float, Partition, float] | None = None
+        for shift in self.pair_bias_grid:
+            part = self.decode(pair_logits + shift, class_logits, boxes)
+            k = len(np.unique(part.cluster))
+            score = (float(silhouette_score(distance, part.cluster, metric="precomputed"))
+                     if 1 < k < len(distance) else -1.0)
+            if best is None or score > best[0]:
+                best = (score, part, shift)
+        assert best is not None  # the grid is not empty (__init__)
+        return best[1], best[2]
 
     @torch.no_grad()
     def __call__(
@@ -140,7 +177,10 @@ class PostProcess:
             pair_b = pair[b][np.ix_(keep, keep)]
             pair_b = (pair_b + pair_b.T) / 2  # exact symmetry for the decoder
             cls_b = logits[b][keep]
-            part = self.decode(pair_b, cls_b, boxes_np[b][keep])
+            if self.pair_bias_search == "silhouette":
+                part = self.decode_searched(pair_b, cls_b, boxes_np[b][keep])[0]
+            else:
+                part = self.decode(pair_b, cls_b, boxes_np[b][keep])
             results.append(self._prediction(image_id, boxes_np[b][keep], cls_b, part,
                                             expit(pair_b)))
         return results
@@ -149,6 +189,10 @@ class PostProcess:
                 ) -> list[Prediction]:
         """Decode the candidate pairs (``pair_edges`` [E, 2] flat, ``pred_edge_logits`` [E])
         with ``decode_sparse``; ``neighbors`` does not apply (the graph is the model's)."""
+        if self.pair_bias_search != "none":
+            raise DetgroupError("decoder.pair_bias_search scores every pair; this model decodes "
+                                "candidate pairs (model.pair_candidates): set pair_bias_search "
+                                "none")
         logits = self._class_logits(outputs)  # [B, N, C]
         real = (~outputs["pad_mask"]).cpu().numpy()  # [B, N]
         edges = outputs["pair_edges"].cpu().numpy()  # [E, 2]
