@@ -255,3 +255,26 @@ def test_bench_omniglot_l2c_scores_every_row_on_the_same_scenes(tmp_path: Path) 
         rows2["crop"]["scenes"]["alphabets"][0]["hungarian_acc"]
     hog = rows2["HOG + Ward (tuned on unseen)"]["scenes"]["alphabets"][0]["hungarian_acc"]
     assert max(sweep["HOG + Ward, threshold"]) >= hog  # the best threshold of all
+
+
+def test_omniglot_seed_summary_pairs_a_recipe_with_a_baseline_of_seeds(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import omniglot_seed_summary
+
+    def row(accs: list[float]) -> dict:
+        return {"setting": "", "scenes": {"alphabets": [
+            {"hungarian_acc": a, "nmi": a, "ari": a, "num_groups_error": 1.0} for a in accs]}}
+
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"rows": {
+        "a_s0": row([0.6, 0.7, 0.8]), "a_s1": row([0.8, 0.7, 0.6]),
+        "b_s0": row([0.7, 0.8, 0.9]), "b_s1": row([0.7, 0.8, 0.9]),
+        "hog": row([0.5, 0.5, 0.5])}}))
+    omniglot_seed_summary.main([str(bench), "--recipe", "b=b_s0;b_s1", "--baseline", "a_s0;a_s1",
+                                "--draws", "200"])
+    out = capsys.readouterr().out
+    assert "| a_s0;a_s1 (2) | 0.700 ± 0.000 |" in out  # seed means 0.7 and 0.7
+    # per scene: b 0.7 / 0.8 / 0.9 minus a 0.7 / 0.7 / 0.7, never behind: no draw below 0
+    assert "| b | +0.100 | [+0.000, +0.200] | 0.0" in out
+    with pytest.raises(SystemExit, match="no row named"):
+        omniglot_seed_summary.main([str(bench), "--recipe", "b=b_s0", "--baseline", "a_s0;zz"])

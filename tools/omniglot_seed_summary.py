@@ -7,7 +7,9 @@ abs(K^ - K)); then, for the Hungarian accuracy, the recipe (per scene averaged o
 minus the ``--baseline`` row: the mean difference, its 95 % interval over ``--draws``
 resamplings of the scenes (paired: both on the same draw) and the share of draws where the
 recipe is not ahead. With 5 scenes per split the interval is wide: it says how far the scenes
-agree, not more.
+agree, not more. A ``--baseline`` of several rows (``ROW;ROW...``, e.g. the same seeds decoded
+another way) is averaged per scene over them like a recipe, so the difference is paired by
+seed and scene.
 
     python tools/omniglot_seed_summary.py runs/l2c/bench.json \\
         --recipe "crop + HOG prior=crop_s0 + HOG prior;crop_s1 + HOG prior;crop_s2 + HOG prior" \\
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bench", type=Path, help="the --json file of tools/bench_omniglot_l2c.py")
     ap.add_argument("--recipe", action="append", required=True, metavar="NAME=ROW[;ROW...]")
-    ap.add_argument("--baseline", required=True, help="the row to compare against")
+    ap.add_argument("--baseline", required=True,
+                    help="the row to compare against, or rows (ROW;ROW...) averaged per scene")
     ap.add_argument("--draws", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -49,22 +52,26 @@ def main(argv: list[str] | None = None) -> None:
         if not name or not recipes[name] or missing:
             raise SystemExit(f"{args.bench}: --recipe {spec!r}: no row named {missing or spec!r}"
                              f"; rows: {sorted(rows)}")
-    if args.baseline not in rows:
-        raise SystemExit(f"{args.bench}: no row named {args.baseline!r}; rows: {sorted(rows)}")
+    baseline = [m.strip() for m in args.baseline.split(";") if m.strip()]
+    missing = [m for m in baseline if m not in rows]
+    if not baseline or missing:
+        raise SystemExit(f"{args.bench}: no row named {missing or args.baseline!r}; rows: "
+                         f"{sorted(rows)}")
     rng = np.random.default_rng(args.seed)
-    for split in rows[args.baseline]["scenes"]:
+    for split in rows[baseline[0]]["scenes"]:
         print(f"\n#### {split}: mean over scenes, mean ± sd over seeds")
         print("| method (seeds) | " + " | ".join(t for _, t in METRICS) + " |")
         print("|---" * (len(METRICS) + 1) + "|")
-        base_row = rows[args.baseline]
-        print(f"| {args.baseline} | " + " | ".join(
-            mean_sd([per_scene(base_row, split, k).mean()]) for k, _ in METRICS) + " |")
+        label = args.baseline if len(baseline) == 1 else f"{args.baseline} ({len(baseline)})"
+        print(f"| {label} | " + " | ".join(
+            mean_sd([per_scene(rows[m], split, k).mean() for m in baseline])
+            for k, _ in METRICS) + " |")
         for name, members in recipes.items():
             means = {k: np.array([per_scene(rows[m], split, k).mean() for m in members])
                      for k, _ in METRICS}
             print(f"| {name} ({len(members)}) | "
                   + " | ".join(mean_sd(means[k]) for k, _ in METRICS) + " |")
-        base = per_scene(base_row, split, "hungarian_acc")  # [S]
+        base = np.mean([per_scene(rows[m], split, "hungarian_acc") for m in baseline], 0)  # [S]
         print(f"\n| {split}: Hungarian acc, recipe minus {args.baseline} | difference | "
               f"95 % interval ({args.draws} draws over scenes) | share of draws not ahead |")
         print("|---|---|---|---|")
