@@ -56,7 +56,7 @@ _LITERALS: dict[str, Any] = {
     "DetectorBackbone": DetectorBackbone,
     "PairLoss": PairLoss, "PairBalance": PairBalance, "DecoderMethod": DecoderMethod,
     "Consistency": Consistency, "PairCandidateMode": PairCandidateMode,
-    "TrainDevice": TrainDevice, "ValMetric": ValMetric,
+    "TrainDevice": TrainDevice, "ValMetric": ValMetric, "PairBiasSearch": PairBiasSearch,
 }
 
 
@@ -78,6 +78,7 @@ if not _omegaconf_reads_literal():  # pragma: no cover - depends on the installe
     Backbone = Fusion = CropFusion = DetectorBackbone = PairBalance = str  # type: ignore[misc]
     PairLoss = PairPriorKind = str  # type: ignore[misc]
     DecoderMethod = Consistency = PairCandidateMode = TrainDevice = ValMetric = str  # type: ignore[misc]
+    PairBiasSearch = str  # type: ignore[misc]
 
 
 @dataclass
