@@ -156,11 +156,13 @@ def decode(logits: np.ndarray, method: str = "gaec-kl") -> np.ndarray:
 
 
 def scored_splits(logits: dict[str, tuple], evaluate: dict[str, list[SceneData]], method: str,
-                  shift: Callable[[np.ndarray, SceneData], np.ndarray] | None = None
+                  shift: Callable[[np.ndarray, SceneData], np.ndarray] | None = None,
+                  decoder: Callable[[np.ndarray, str], np.ndarray] = decode,
                   ) -> dict[str, list[dict[str, float]]]:
-    """Per split, the scores of each scene's pair logits (``model_logits``' first item),
-    changed by ``shift`` when given, decoded by ``method``."""
-    return {s: [scores(sc.groups, decode(w if shift is None else shift(w, sc), method))
+    """Per split (in the order of ``evaluate``), the scores of each scene's pair logits
+    (``model_logits``' first item), changed by ``shift`` when given, decoded by ``decoder``
+    with ``method``."""
+    return {s: [scores(sc.groups, decoder(w if shift is None else shift(w, sc), method))
                 for sc, w in zip(scenes, logits[s][0], strict=True)]
             for s, scenes in evaluate.items()}
 
@@ -335,27 +337,31 @@ def main(argv: list[str] | None = None) -> None:
                 start_plain = time.perf_counter()
                 for w in first:
                     decode(w, method)
-                start_search = time.perf_counter()
-                for w in first:
-                    searched(w, method)
-                plain_s, search_s = (start_search - start_plain, time.perf_counter() - start_search)
+                plain_s = time.perf_counter() - start_plain
+                seconds: list[float] = []  # of each search, the first split's scenes first
+
+                def timed_search(w: np.ndarray, m: str, out: list[float] = seconds
+                                 ) -> np.ndarray:
+                    start = time.perf_counter()
+                    groups = searched(w, m)
+                    out.append(time.perf_counter() - start)
+                    return groups
+
+                result = scored_splits(logits, evaluate, method, decoder=timed_search)
+                search_s = sum(seconds[:len(first)])
                 rows[f"{name}, pair bias searched (silhouette){tag}"] = {
                     "setting": f"{method}, per scene, no labels; {search_s / len(first):.2f} s "
                                f"per {args.splits[0]} scene ({search_s / plain_s:.0f} x the "
                                "plain decode)",
-                    "scenes": {s: [scores(sc.groups, searched(w, method))
-                                   for sc, w in zip(evaluate[s], logits[s][0], strict=True)]
-                               for s in args.splits}}
+                    "scenes": result}
                 if method in priors:
                     alpha, tau = priors[method]
                     rows[f"{name} + HOG prior, pair bias searched (silhouette){tag}"] = {
                         "setting": f"{method}, alpha {alpha:g}, tau {tau:g} (tuned on "
                                    f"{tune_split}), then per scene",
-                        "scenes": {s: [scores(sc.groups, searched(hog_prior(w, sc.hog, alpha,
-                                                                              tau), method))
-                                       for sc, w in zip(evaluate[s], logits[s][0],
-                                                        strict=True)]
-                                   for s in args.splits}}
+                        "scenes": scored_splits(logits, evaluate, method,
+                                                lambda w, sc, a=alpha, t=tau: hog_prior(
+                                                    w, sc.hog, a, t), decoder=searched)}
         if args.shift_sweep:
             for method, tag in tags.items():
                 sweep[f"{name}{tag}, shift"] = [float(np.mean([

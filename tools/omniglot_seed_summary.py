@@ -34,6 +34,17 @@ def per_scene(row: dict, split: str, key: str) -> np.ndarray:
     return np.array([s[key] for s in row["scenes"][split]], dtype=np.float64)
 
 
+def members_of(spec: str, rows: dict) -> tuple[list[str], list[str]]:
+    """The row names of ``ROW;ROW...`` and those of them ``rows`` does not hold."""
+    names = [m.strip() for m in spec.split(";") if m.strip()]
+    return names, [m for m in names if m not in rows]
+
+
+def scene_mean(rows: dict, members: list[str], split: str) -> np.ndarray:
+    """The Hungarian accuracy of every scene of ``split``, averaged over ``members``. # [S]"""
+    return np.mean([per_scene(rows[m], split, "hungarian_acc") for m in members], 0)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bench", type=Path, help="the --json file of tools/bench_omniglot_l2c.py")
@@ -47,13 +58,11 @@ def main(argv: list[str] | None = None) -> None:
     recipes: dict[str, list[str]] = {}
     for spec in args.recipe:
         name, _, members = spec.rpartition("=")  # a name may hold "=", a row does not
-        recipes[name] = [m.strip() for m in members.split(";") if m.strip()]
-        missing = [m for m in recipes[name] if m not in rows]
+        recipes[name], missing = members_of(members, rows)
         if not name or not recipes[name] or missing:
             raise SystemExit(f"{args.bench}: --recipe {spec!r}: no row named {missing or spec!r}"
                              f"; rows: {sorted(rows)}")
-    baseline = [m.strip() for m in args.baseline.split(";") if m.strip()]
-    missing = [m for m in baseline if m not in rows]
+    baseline, missing = members_of(args.baseline, rows)
     if not baseline or missing:
         raise SystemExit(f"{args.bench}: no row named {missing or args.baseline!r}; rows: "
                          f"{sorted(rows)}")
@@ -71,13 +80,12 @@ def main(argv: list[str] | None = None) -> None:
                      for k, _ in METRICS}
             print(f"| {name} ({len(members)}) | "
                   + " | ".join(mean_sd(means[k]) for k, _ in METRICS) + " |")
-        base = np.mean([per_scene(rows[m], split, "hungarian_acc") for m in baseline], 0)  # [S]
+        base = scene_mean(rows, baseline, split)  # [S]
         print(f"\n| {split}: Hungarian acc, recipe minus {args.baseline} | difference | "
               f"95 % interval ({args.draws} draws over scenes) | share of draws not ahead |")
         print("|---|---|---|---|")
         for name, members in recipes.items():
-            recipe = np.mean([per_scene(rows[m], split, "hungarian_acc") for m in members], 0)
-            diff = recipe - base  # [S]
+            diff = scene_mean(rows, members, split) - base  # [S]
             draws = rng.integers(0, len(diff), size=(args.draws, len(diff)))
             boot = diff[draws].mean(1)  # [draws]
             low, high = np.percentile(boot, [2.5, 97.5])
