@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -88,6 +89,12 @@ def cmd_data(args: argparse.Namespace) -> int:
                                  samples_per_char=tuple(args.samples_per_char),
                                  alphabets_per_scene=tuple(args.alphabets_per_scene),
                                  rotations=args.rotations, progress=True)
+        if args.hog_attributes:
+            from detgroup.data.crop_descriptors import write_hog_attributes
+
+            for split, path in list(paths.items()):
+                paths[f"{split} (HOG attributes)"] = write_hog_attributes(
+                    path, path.parent / "images", path.with_name("annotations_hog.json"))
     for split, path in paths.items():
         stats = json.loads(path.read_text()).get("info", {}).get("stats", {})
         summary = ", ".join(f"{k} {v}" for k, v in stats.items())
@@ -228,7 +235,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                    consistency=args.consistency, pair_bias=args.pair_bias,
                                    neighbors=args.neighbors,
                                    ignore_categories=args.ignore_categories,
-                                   pair_bias_search=args.pair_bias_search)
+                                   pair_bias_search=args.pair_bias_search,
+                                   prior_weight_grid=args.prior_weight_grid)
     report = None
     if args.report:
         from detgroup.report import ReportBuilder
@@ -273,7 +281,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         detector=args.detector, detector_arch=args.detector_arch,
         detector_score=args.detector_score, detector_classes=args.detector_classes,
         device=args.device, method=args.method, neighbors=args.neighbors,
-        pair_bias_search=args.pair_bias_search,
+        pair_bias_search=args.pair_bias_search, prior_weight_grid=args.prior_weight_grid,
         overlays=not args.no_overlays,
         heatmap=args.heatmap, resume=not args.no_resume, clip=args.clip,
         pair_prior=args.pair_prior, ignore_categories=args.ignore_categories,
@@ -347,6 +355,18 @@ def _positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
 
+def _weights(text: str) -> list[float]:
+    """``--prior-weight-grid``: comma-separated finite weights >= 0, e.g. ``0,2,4,8,16``."""
+    try:
+        weights = [float(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers"
+                                         ) from None
+    if not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise argparse.ArgumentTypeError(f"{text!r}: every weight must be finite and >= 0")
+    return weights
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """``--help`` shows each option's default, except where there is none to show (None, a
     flag that is off) or the help already says it."""
@@ -373,6 +393,11 @@ def _add_decoder(p: argparse.ArgumentParser) -> None:
                         "decoder.pair_bias_grid whose partition has the highest silhouette "
                         "(no labels; for logits miscalibrated on new data; every pair only) "
                         "(default: the checkpoint's decoder.pair_bias_search)")
+    p.add_argument("--prior-weight-grid", type=_weights, default=None, metavar="W,W,...",
+                   help="with --pair-bias-search: also search the weight of the model's pair "
+                        "prior (e.g. --pair-prior attribute_cosine:0 on HOG attributes) over "
+                        "these weights, each image's (weight, shift) of highest silhouette "
+                        "(default: the checkpoint's decoder.prior_weight_grid, [0.0])")
 
 
 def _add_clip(p: argparse.ArgumentParser) -> None:
@@ -445,6 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rotations", type=int, choices=[1, 2, 4], default=1,
                    help="Omniglot: 2 or 4: every train character also trains turned by 180 "
                         "(or 90, 180, 270) degrees, each turn a character of its own")
+    p.add_argument("--hog-attributes", action="store_true",
+                   help="Omniglot: also write annotations_hog.json beside each split's file, "
+                        "each glyph's HOG descriptor as its attributes (for --pair-prior "
+                        "attribute_cosine and model.attributes)")
     p.set_defaults(func=cmd_data)
 
     p = command("validate", "check a COCO-with-groups file (and its images)")

@@ -371,6 +371,13 @@ class DecoderConfig:
     # learned logits of new Omniglot alphabets are about 2 too high). Every pair (neighbors 0)
     pair_bias_search: PairBiasSearch = "none"
     pair_bias_grid: list[float] = field(default_factory=lambda: [k / 4 for k in range(-16, 9)])
+    # with pair_bias_search: weights w of the model's pair prior searched with the shift (the
+    # prior of model.pair_prior, or of eval / infer --pair-prior, e.g. attribute_cosine:0 for
+    # each box's HOG attributes: a prior of weight 0 that only exposes its similarity). Each
+    # candidate decodes logits + w * (s - median s) + shift, s the prior's similarity of two
+    # boxes (its median over the image's pairs), scored by the same silhouette under the
+    # model's own p; ties go to the smallest weight. [0.0]: the shift alone
+    prior_weight_grid: list[float] = field(default_factory=lambda: [0.0])
 
 
 @dataclass
@@ -458,6 +465,10 @@ def _check(cfg: Config) -> None:
         (0.0 < cfg.model.detector.proposal_iou <= 1.0,
          "model.detector.proposal_iou must be in (0, 1]"),
         (cfg.decoder.neighbors >= 0, "decoder.neighbors must be >= 0 (0: every pair)"),
+        (bool(cfg.decoder.prior_weight_grid) and all(
+            math.isfinite(w) and w >= 0 for w in cfg.decoder.prior_weight_grid),
+         "decoder.prior_weight_grid must be a non-empty list of finite weights >= 0 ([0.0]: "
+         "no prior weight searched)"),
         (cfg.decoder.neighbors == 0 or cfg.decoder.method != "exact",
          "decoder.method exact decodes every pair; use decoder.neighbors: 0 with it"),
         (cfg.model.text.buckets >= 1, "model.text.buckets must be >= 1"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ class Grouper:
         clip: bool = False,
         ignore_categories: bool = False,
         pair_bias_search: str | None = None,
+        prior_weight_grid: Sequence[float] | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.clip = clip  # clip boxes that leave the image (else they are an error)
@@ -53,7 +55,8 @@ class Grouper:
                                                    pair_bias=pair_bias,
                                                    category_names=self.category_names,
                                                    ignore_categories=ignore_categories,
-                                                   pair_bias_search=pair_bias_search)
+                                                   pair_bias_search=pair_bias_search,
+                                                   prior_weight_grid=prior_weight_grid)
 
     @classmethod
     def from_checkpoint(
@@ -63,6 +66,7 @@ class Grouper:
         pair_prior: PairPriorConfig | str | None = None,
         attribute_names: list[str] | None = None, state: dict[str, Any] | None = None,
         ignore_categories: bool = False, pair_bias_search: str | None = None,
+        prior_weight_grid: Sequence[float] | None = None,
     ) -> Grouper:
         """Load a checkpoint written by ``detgroup train`` (the config travels inside).
 
@@ -75,7 +79,10 @@ class Grouper:
         the checkpoint already read by :func:`detgroup.checkpoint.load_checkpoint` (not read
         again). ``ignore_categories``: group by the pair logits alone, every box of the one
         category ``"object"`` (boxes of classes the model never learnt, e.g. new alphabets).
-        ``pair_bias_search``: replaces the checkpoint's ``decoder.pair_bias_search``.
+        ``pair_bias_search``: replaces the checkpoint's ``decoder.pair_bias_search``, and
+        ``prior_weight_grid`` its ``decoder.prior_weight_grid`` (the weights of the pair prior
+        searched with the shift, e.g. ``[0, 2, 4, 8, 16]`` with ``pair_prior=
+        "attribute_cosine:0"``).
         """
         torch_device = resolve_device(device)
         if isinstance(pair_prior, str):
@@ -85,7 +92,8 @@ class Grouper:
             attribute_names=attribute_names)
         return cls(model, cfg, device=torch_device, method=method, consistency=consistency,
                    neighbors=neighbors, pair_bias=pair_bias, clip=clip,
-                   ignore_categories=ignore_categories, pair_bias_search=pair_bias_search)
+                   ignore_categories=ignore_categories, pair_bias_search=pair_bias_search,
+                   prior_weight_grid=prior_weight_grid)
 
     @property
     def decoder_settings(self) -> dict[str, Any]:

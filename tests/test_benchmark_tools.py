@@ -237,6 +237,7 @@ def test_bench_omniglot_l2c_scores_every_row_on_the_same_scenes(tmp_path: Path) 
                            "pixels + Ward (tuned on train)", "HOG + k-means (oracle K)", "crop",
                            "crop, pair bias tuned on unseen", "crop + HOG prior",
                            "crop, pair bias searched (silhouette)",
+                           "crop, pair bias and HOG weight searched (silhouette)",
                            "crop + HOG prior, pair bias searched (silhouette)"]
     # the searched row is PostProcess's own search on the same logits
     post = PostProcess(pair_bias_search="silhouette",
@@ -245,6 +246,13 @@ def test_bench_omniglot_l2c_scores_every_row_on_the_same_scenes(tmp_path: Path) 
     (beta,) = load_scenes(data / "alphabets/annotations.json", data / "alphabets/images")
     assert rows2["crop, pair bias searched (silhouette)"]["scenes"]["alphabets"][0]["ari"] == \
         pytest.approx(adjusted_rand_score(beta.groups, part.cluster))
+    # and the row searching the HOG weight too is that search given the HOG cosines
+    joint = PostProcess(pair_bias_search="silhouette",
+                        pair_bias_grid=DecoderConfig().pair_bias_grid,
+                        prior_weight_grid=bench_omniglot_l2c.PRIOR_SEARCH_WEIGHTS)
+    part, _, _ = joint.search(w, None, np.zeros((len(w), 4)), beta.hog @ beta.hog.T)
+    assert rows2["crop, pair bias and HOG weight searched (silhouette)"]["scenes"][
+        "alphabets"][0]["ari"] == pytest.approx(adjusted_rand_score(beta.groups, part.cluster))
     assert "(tuned on unseen)" in rows2["crop + HOG prior"]["setting"]
     # the alphabets are the same scenes, so the untuned row is the same
     assert rows2["crop"]["scenes"]["alphabets"] == rows["crop"]["scenes"]["alphabets"]

@@ -150,6 +150,13 @@ def test_prior_at_inference_on_a_checkpoint_trained_without(tiny_checkpoint: Pat
         b = with_line(images, boxes)["pred_affinity"]
         c = with_hog(images, boxes, attributes=attrs)["pred_affinity"]
     torch.testing.assert_close(b - a, 4 * (links - 0.5)[None])
+    # the prior's similarity is an output too (decoder.prior_weight_grid weighs it again)
+    with torch.no_grad():
+        torch.testing.assert_close(with_line(images, boxes)["pair_prior_similarity"],
+                                   links[None])
+        torch.testing.assert_close(with_hog(images, boxes, attributes=attrs)[
+            "pair_prior_similarity"], cos)
+    assert "pair_prior_similarity" not in base(images, boxes)
     off_diagonal = ~torch.eye(3, dtype=torch.bool)
     torch.testing.assert_close((c - a)[0][off_diagonal], (3 * (cos - 0.25))[0][off_diagonal])
 

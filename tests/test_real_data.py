@@ -481,3 +481,24 @@ def test_omniglot_cli_scene_composition_knobs(fake_omniglot: Path, tmp_path: Pat
         anns = coco.anns_by_image[image["id"]]
         assert 3 <= len({a["group_id"] for a in anns}) <= 5
         assert len({a["category_id"] for a in anns}) == 1
+
+
+def test_omniglot_cli_writes_hog_attributes(fake_omniglot: Path, omniglot_out: Path,
+                                            tmp_path: Path) -> None:
+    """--hog-attributes: annotations_hog.json beside each split, equal to
+    write_hog_attributes of that split; the split files themselves unchanged."""
+    from detgroup.cli import main
+    from detgroup.data.crop_descriptors import write_hog_attributes
+
+    out = tmp_path / "cli"
+    assert main(["data", "omniglot", "--src", str(fake_omniglot), "--out", str(out),
+                 "--seed", "1", "--train-scenes", "6", "--canvas", "128", "--glyph-size", "16",
+                 "24", "--eval-max-chars", "3", "--hog-attributes"]) == 0
+    written = sorted(p.parent.name for p in out.glob("*/annotations_hog.json"))
+    assert written == sorted(p.parent.name for p in out.glob("*/annotations.json"))
+    for split in written:
+        expect = write_hog_attributes(out / split / "annotations.json", out / split / "images",
+                                      tmp_path / f"{split}_hog.json")
+        assert (out / split / "annotations_hog.json").read_bytes() == expect.read_bytes()
+        assert (out / split / "annotations.json").read_bytes() == (
+            omniglot_out / split / "annotations.json").read_bytes()

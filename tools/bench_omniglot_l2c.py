@@ -71,6 +71,7 @@ PRIOR_ALPHA = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 BIAS_GRID = (-3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0)
 SHIFT_GRID = tuple(float(b) for b in np.arange(-3.0, 1.01, 0.5))  # --shift-sweep
 HOG_ANNOTATIONS = "annotations_hog.json"  # write_hog_attributes of each split's file
+PRIOR_SEARCH_WEIGHTS = (0.0, 2.0, 4.0, 8.0, 16.0)  # --pair-bias-search: the HOG weights searched
 PRIOR_TAU = tuple(np.round(np.linspace(0.3, 0.9, 13), 3))
 
 
@@ -172,6 +173,16 @@ def searched(logits: np.ndarray, method: str) -> np.ndarray:
     post = PostProcess(method=method, pair_bias_search="silhouette",
                        pair_bias_grid=DecoderConfig().pair_bias_grid)
     return post.decode_searched(logits, None, np.zeros((len(logits), 4)))[0].cluster
+
+
+def prior_searched(logits: np.ndarray, hog: np.ndarray, method: str) -> np.ndarray:
+    """Groups [N] of the search over shifts and HOG weights (``decoder.prior_weight_grid``
+    :data:`PRIOR_SEARCH_WEIGHTS`; the prior's similarity: the cosine of the HOG descriptors
+    [N, 324], as ``--pair-prior attribute_cosine:0`` gives it)."""
+    post = PostProcess(method=method, pair_bias_search="silhouette",
+                       pair_bias_grid=DecoderConfig().pair_bias_grid,
+                       prior_weight_grid=PRIOR_SEARCH_WEIGHTS)
+    return post.search(logits, None, np.zeros((len(logits), 4)), hog @ hog.T)[0].cluster
 
 
 def hog_prior(logits: np.ndarray, hog: np.ndarray, alpha: float, tau: float) -> np.ndarray:
@@ -353,6 +364,16 @@ def main(argv: list[str] | None = None) -> None:
                     "setting": f"{method}, per scene, no labels; {search_s / len(first):.2f} s "
                                f"per {args.splits[0]} scene ({search_s / plain_s:.0f} x the "
                                "plain decode)",
+                    "scenes": result}
+                start_prior = time.perf_counter()
+                result = {s: [scores(sc.groups, prior_searched(w, sc.hog, method))
+                              for sc, w in zip(evaluate[s], logits[s][0], strict=True)]
+                          for s in args.splits}
+                prior_s = time.perf_counter() - start_prior
+                scenes_n = sum(len(v) for v in evaluate.values())
+                rows[f"{name}, pair bias and HOG weight searched (silhouette){tag}"] = {
+                    "setting": f"{method}, weights {list(PRIOR_SEARCH_WEIGHTS)}, per scene, no "
+                               f"labels; {prior_s / scenes_n:.2f} s per scene",
                     "scenes": result}
                 if method in priors:
                     alpha, tau = priors[method]

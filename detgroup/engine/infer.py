@@ -123,6 +123,7 @@ def run_inference(
     method: str | None = None,
     neighbors: int | None = None,
     pair_bias_search: str | None = None,
+    prior_weight_grid: list[float] | None = None,
     overlays: bool = True,
     heatmap: bool = False,
     resume: bool = True,
@@ -136,7 +137,8 @@ def run_inference(
     box file, instead of refusing the file). ``pair_prior``: replaces the checkpoint's
     ``model.pair_prior`` (:meth:`Grouper.from_checkpoint`). ``ignore_categories``: group by the
     pair logits alone; every box is of the one category ``object`` in every output.
-    ``pair_bias_search``: replaces the checkpoint's ``decoder.pair_bias_search``.
+    ``pair_bias_search`` / ``prior_weight_grid``: replace the checkpoint's
+    ``decoder.pair_bias_search`` / ``decoder.prior_weight_grid``.
     """
     from detgroup.visualize import draw_groups, save_rgb_png
 
@@ -150,6 +152,7 @@ def run_inference(
     grouper = Grouper.from_checkpoint(checkpoint, device=device, method=method,
                                       neighbors=neighbors, clip=clip, pair_prior=pair_prior,
                                       pair_bias_search=pair_bias_search,
+                                      prior_weight_grid=prior_weight_grid,
                                       attribute_names=file_names, state=state,
                                       ignore_categories=ignore_categories)
     # neither: the model detects the boxes itself (trained with model.detector)

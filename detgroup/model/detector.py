@@ -197,8 +197,10 @@ class GroupingModel(nn.Module):
         out = {"pred_logits": self.category_head(h), "pad_mask": pad_mask, "features": h}
         out.update(self.pair_head(h, boxes))
         if self.pair_prior is not None and "pred_affinity" in out:
-            out["pred_affinity"] = out["pred_affinity"] + self.pair_prior(
-                boxes, attributes)  # [B, N, N]
+            similarity = self.pair_prior.similarity(boxes, attributes)  # [B, N, N]
+            out["pred_affinity"] = out["pred_affinity"] + self.pair_prior.offsets(similarity)
+            # for decoder.prior_weight_grid: the post-processor searches a further weight
+            out["pair_prior_similarity"] = similarity
         return out
 
     def _forward_candidates(self, tokens: Tensor, boxes: Tensor, pad_mask: Tensor

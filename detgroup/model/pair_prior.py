@@ -75,6 +75,21 @@ class PairPrior(nn.Module):
     def uses_attributes(self) -> bool:
         return self.kind == "attribute_cosine"
 
+    def similarity(self, boxes: Tensor, attributes: Tensor | None) -> Tensor:
+        """The classical similarity s_ij of every two boxes: [B, N, N] (attribute cosine, or
+        the same-line rule's 0 / 1 link).
+
+        Args:
+            boxes: [B, N, 4] xyxy px; attributes: [B, N, A] (needed by ``attribute_cosine``).
+        """
+        if self.kind == "attribute_cosine":
+            return attribute_cosine(self._attributes(attributes).to(boxes.dtype))
+        return same_line_links(boxes, self.max_gap, self.min_overlap)
+
+    def offsets(self, similarity: Tensor) -> Tensor:
+        """The logit offsets ``weight * (s - offset)`` of a :meth:`similarity`: same shape."""
+        return self.weight * (similarity - self.offset)
+
     def forward(self, boxes: Tensor, attributes: Tensor | None) -> Tensor:
         """
         Args:
@@ -83,11 +98,7 @@ class PairPrior(nn.Module):
         Returns:
             [B, N, N] logit offsets.
         """
-        if self.kind == "attribute_cosine":
-            s = attribute_cosine(self._attributes(attributes).to(boxes.dtype))
-        else:
-            s = same_line_links(boxes, self.max_gap, self.min_overlap)
-        return self.weight * (s - self.offset)
+        return self.offsets(self.similarity(boxes, attributes))
 
     def on_edges(self, boxes: Tensor, attributes: Tensor | None, edges: Tensor) -> Tensor:
         """The prior of candidate pairs ``edges`` [E, 2] (flat indices b * N + i): [E]."""

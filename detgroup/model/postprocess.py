@@ -86,7 +86,8 @@ class PostProcess:
                  pair_bias: float = 0.0, neighbors: int = 0,
                  category_names: list[str] | None = None,
                  ignore_categories: bool = False, pair_bias_search: str = "none",
-                 pair_bias_grid: Sequence[float] = (0.0,)) -> None:
+                 pair_bias_grid: Sequence[float] = (0.0,),
+                 prior_weight_grid: Sequence[float] = (0.0,)) -> None:
         if neighbors and method == "exact":
             raise DetgroupError("decoder method 'exact' decodes every pair; it cannot be used "
                                 f"with neighbors={neighbors} (use neighbors 0)")
@@ -109,6 +110,12 @@ class PostProcess:
         self.pair_bias_search = pair_bias_search
         # ties go to the smallest shift: searched in order of |shift|
         self.pair_bias_grid = sorted((float(g) for g in pair_bias_grid), key=abs)
+        weights = [float(w) for w in prior_weight_grid]
+        if not weights or not all(np.isfinite(w) and w >= 0 for w in weights):
+            raise DetgroupError("decoder.prior_weight_grid must be a non-empty list of finite "
+                                f"weights >= 0, got {list(prior_weight_grid)}")
+        # searched with the shift (pair_bias_search); ties go to the smallest weight
+        self.prior_weight_grid = sorted(set(weights))
 
     @classmethod
     def from_config(cls, decoder: Any, *, method: str | None = None,
@@ -116,7 +123,8 @@ class PostProcess:
                     neighbors: int | None = None,
                     category_names: list[str] | None = None,
                     ignore_categories: bool = False,
-                    pair_bias_search: str | None = None) -> PostProcess:
+                    pair_bias_search: str | None = None,
+                    prior_weight_grid: Sequence[float] | None = None) -> PostProcess:
         """From a :class:`~detgroup.config.DecoderConfig`, each field overridable."""
         return cls(method=method or decoder.method,
                    consistency=consistency or decoder.consistency,
@@ -124,7 +132,9 @@ class PostProcess:
                    neighbors=decoder.neighbors if neighbors is None else neighbors,
                    category_names=category_names, ignore_categories=ignore_categories,
                    pair_bias_search=pair_bias_search or decoder.pair_bias_search,
-                   pair_bias_grid=tuple(decoder.pair_bias_grid))
+                   pair_bias_grid=tuple(decoder.pair_bias_grid),
+                   prior_weight_grid=tuple(decoder.prior_weight_grid
+                                           if prior_weight_grid is None else prior_weight_grid))
 
     def settings(self) -> dict[str, Any]:
         """Keyword arguments of :func:`detgroup.decoder.partition` that decode as this does."""
@@ -140,25 +150,53 @@ class PostProcess:
                                    neighbors=self.neighbors)
 
     def decode_searched(self, pair_logits: np.ndarray, class_logits: np.ndarray | None,
-                        boxes: np.ndarray) -> tuple[Partition, float]:
+                        boxes: np.ndarray, similarity: np.ndarray | None = None
+                        ) -> tuple[Partition, float]:
         """``decoder.pair_bias_search: silhouette``: the partition of pair_logits [N, N] + s
         for the shift s of ``pair_bias_grid`` with the highest silhouette under 1 - p (p: the
         unshifted pair probabilities; a partition of one group or of singletons scores -1, so
-        with no structure at all the smallest shift wins). Returns (partition, s)."""
+        with no structure at all the smallest shift wins). Returns (partition, s); with a
+        ``prior_weight_grid``, :meth:`search` also returns the weight chosen."""
+        part, shift, _ = self.search(pair_logits, class_logits, boxes, similarity)
+        return part, shift
+
+    def search(self, pair_logits: np.ndarray, class_logits: np.ndarray | None,
+               boxes: np.ndarray, similarity: np.ndarray | None = None
+               ) -> tuple[Partition, float, float]:
+        """The label-free search of :meth:`decode_searched` over the shifts of
+        ``pair_bias_grid`` and the weights w of ``prior_weight_grid``: each candidate decodes
+        pair_logits + w * (similarity - its median over the pairs) + shift, every candidate
+        scored by the silhouette under the same distance 1 - p (p: ``pair_logits``' own
+        probabilities). ``similarity`` [N, N]: the pair prior's (the model output
+        ``pair_prior_similarity``), needed when a weight is not 0. Returns (partition, shift,
+        weight)."""
         from sklearn.metrics import silhouette_score
 
+        weighted = [w for w in self.prior_weight_grid if w != 0.0]
+        if weighted and similarity is None:
+            raise DetgroupError(
+                f"decoder.prior_weight_grid {self.prior_weight_grid} weighs the model's pair "
+                "prior, and this model has none: give one (eval / infer --pair-prior, e.g. "
+                "attribute_cosine:0 on each box's HOG attributes), or set the grid to [0.0]")
+        centred = np.zeros_like(pair_logits)  # [N, N]
+        if weighted and len(pair_logits) > 1:
+            assert similarity is not None
+            pairs = np.triu_indices(len(similarity), 1)
+            centred = similarity - float(np.median(similarity[pairs]))
         distance = 1.0 - expit(pair_logits)  # [N, N]
         np.fill_diagonal(distance, 0.0)
-        best: tuple[float, Partition, float] | None = None
-        for shift in self.pair_bias_grid:
-            part = self.decode(pair_logits + shift, class_logits, boxes)
-            k = len(np.unique(part.cluster))
-            score = (float(silhouette_score(distance, part.cluster, metric="precomputed"))
-                     if 1 < k < len(distance) else -1.0)
-            if best is None or score > best[0]:
-                best = (score, part, shift)
-        assert best is not None  # the grid is not empty (__init__)
-        return best[1], best[2]
+        best: tuple[float, Partition, float, float] | None = None
+        for weight in self.prior_weight_grid:
+            base = pair_logits + weight * centred if weight else pair_logits  # [N, N]
+            for shift in self.pair_bias_grid:
+                part = self.decode(base + shift, class_logits, boxes)
+                k = len(np.unique(part.cluster))
+                score = (float(silhouette_score(distance, part.cluster, metric="precomputed"))
+                         if 1 < k < len(distance) else -1.0)
+                if best is None or score > best[0]:
+                    best = (score, part, shift, weight)
+        assert best is not None  # both grids are not empty (__init__)
+        return best[1], best[2], best[3]
 
     @torch.no_grad()
     def __call__(
@@ -171,6 +209,8 @@ class PostProcess:
         pair = outputs["pred_affinity"].float().cpu().numpy() + self.pair_bias  # [B, N, N]
         real = (~outputs["pad_mask"]).cpu().numpy()  # [B, N]
         boxes_np = boxes.float().cpu().numpy()
+        similarity = outputs.get("pair_prior_similarity")  # [B, N, N]: a model with a prior
+        similarity_np = None if similarity is None else similarity.float().cpu().numpy()
         results = []
         for b, image_id in enumerate(image_ids):
             keep = np.flatnonzero(real[b])
@@ -178,7 +218,9 @@ class PostProcess:
             pair_b = (pair_b + pair_b.T) / 2  # exact symmetry for the decoder
             cls_b = logits[b][keep]
             if self.pair_bias_search == "silhouette":
-                part = self.decode_searched(pair_b, cls_b, boxes_np[b][keep])[0]
+                sim_b = (None if similarity_np is None
+                         else similarity_np[b][np.ix_(keep, keep)])  # [n, n]
+                part = self.search(pair_b, cls_b, boxes_np[b][keep], sim_b)[0]
             else:
                 part = self.decode(pair_b, cls_b, boxes_np[b][keep])
             results.append(self._prediction(image_id, boxes_np[b][keep], cls_b, part,
