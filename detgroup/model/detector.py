@@ -199,8 +199,8 @@ class GroupingModel(nn.Module):
         if self.pair_prior is not None and "pred_affinity" in out:
             similarity = self.pair_prior.similarity(boxes, attributes)  # [B, N, N]
             out["pred_affinity"] = out["pred_affinity"] + self.pair_prior.offsets(similarity)
-            # for decoder.prior_weight_grid: the post-processor searches a further weight
-            out["pair_prior_similarity"] = similarity
+            if not self.training:  # for decoder.prior_weight_grid (the post-processor); not
+                out["pair_prior_similarity"] = similarity  # held through a training backward
         return out
 
     def _forward_candidates(self, tokens: Tensor, boxes: Tensor, pad_mask: Tensor

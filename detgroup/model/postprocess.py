@@ -172,7 +172,7 @@ class PostProcess:
         weight)."""
         from sklearn.metrics import silhouette_score
 
-        weighted = [w for w in self.prior_weight_grid if w != 0.0]
+        weighted = any(self.prior_weight_grid)
         if weighted and similarity is None:
             raise DetgroupError(
                 f"decoder.prior_weight_grid {self.prior_weight_grid} weighs the model's pair "
@@ -209,7 +209,10 @@ class PostProcess:
         pair = outputs["pred_affinity"].float().cpu().numpy() + self.pair_bias  # [B, N, N]
         real = (~outputs["pad_mask"]).cpu().numpy()  # [B, N]
         boxes_np = boxes.float().cpu().numpy()
-        similarity = outputs.get("pair_prior_similarity")  # [B, N, N]: a model with a prior
+        # [B, N, N]: a model with a prior; read only when a prior weight is searched
+        similarity = (outputs.get("pair_prior_similarity")
+                      if self.pair_bias_search == "silhouette" and any(self.prior_weight_grid)
+                      else None)
         similarity_np = None if similarity is None else similarity.float().cpu().numpy()
         results = []
         for b, image_id in enumerate(image_ids):
