@@ -275,10 +275,11 @@ class CropConfig:
 
     The box is padded to the grid's aspect (its own aspect is kept) and grown by ``context`` x
     each side on both ends, then pooled to ``size`` x ``size`` px, or ``size`` x ``width`` px
-    when ``width`` > 0 (a word: 16 x 64); the CNN has ``channels`` channels in its
-    first stages. ``fusion``: ``add`` (crop token + RoI token) or ``replace`` (the crop token
-    instead of the RoI appearance; the backbone is then not run). ``augment``: each training
-    crop warped by its own random affine map (:class:`CropAugmentConfig`; off by default).
+    when ``width`` > 0 (a word: 16 x 64); the CNN has ``channels`` channels in its first
+    stages, each convolution followed by a GroupNorm when ``norm``. ``fusion``: ``add`` (crop
+    token + RoI token) or ``replace`` (the crop token instead of the RoI appearance; the
+    backbone is then not run). ``augment``: each training crop warped by its own random affine
+    map (:class:`CropAugmentConfig`; off by default).
     """
 
     enabled: bool = False
@@ -286,6 +287,7 @@ class CropConfig:
     width: int = 0  # 0: square (size x size)
     context: float = 0.0
     channels: int = 32
+    norm: bool = False  # GroupNorm after each convolution of the crop CNN
     fusion: CropFusion = "add"
     augment: CropAugmentConfig = field(default_factory=lambda: CropAugmentConfig())
 

@@ -91,8 +91,10 @@ def test_crops_follow_a_flip_of_image_and_boxes() -> None:
     assert torch.allclose(a.flip(-1), b, atol=1e-5)
 
 
-def test_padding_boxes_give_zero_tokens_and_batched_equals_one_by_one(tiny_data: Path) -> None:
-    model = _model(tiny_data)
+@pytest.mark.parametrize("norm", [False, True])
+def test_padding_boxes_give_zero_tokens_and_batched_equals_one_by_one(tiny_data: Path,
+                                                                      norm: bool) -> None:
+    model = _model(tiny_data, f"model.crop.norm={norm}")
     image_a, boxes_a = _scene(5, seed=1)
     image_b, boxes_b = _scene(3, seed=2)
     images = torch.cat([image_a, image_b])
@@ -136,8 +138,27 @@ def test_add_uses_the_backbone_and_replace_does_not(tiny_data: Path) -> None:
         assert (not torch.allclose(before, after, atol=1e-4)) == changes, fusion
 
 
-def test_crop_encoder_trains(tiny_data: Path) -> None:
-    model = _model(tiny_data).train()
+def test_crop_norm_is_a_group_norm_per_crop_and_off_keeps_the_old_layout() -> None:
+    """``norm`` puts a GroupNorm after each convolution, normalising each crop alone (so the
+    token of a box does not depend on the other boxes of the batch); off, the CNN's parameter
+    names are those of checkpoints written before the option existed."""
+    plain = CropEncoder(size=8, context=0.0, channels=4, dim=16)
+    assert [k for k in plain.state_dict() if k.startswith("cnn.")] == [
+        f"cnn.{i}.{w}" for i in (0, 2, 4, 6) for w in ("weight", "bias")]
+    normed = CropEncoder(size=8, context=0.0, channels=6, dim=16, norm=True).eval()
+    norms = [m for m in normed.cnn if isinstance(m, torch.nn.GroupNorm)]
+    assert [(m.num_groups, m.num_channels) for m in norms] == [(2, 6), (2, 6), (4, 12), (4, 12)]
+    image, boxes = _scene(5, seed=3)
+    with torch.no_grad():
+        crops = normed.crops(image, boxes)  # [5, 3, 8, 8]
+        alone = normed.cnn(crops[:1])
+        together = normed.cnn(crops)
+    assert torch.allclose(alone, together[:1], atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_crop_encoder_trains(tiny_data: Path, norm: bool) -> None:
+    model = _model(tiny_data, f"model.crop.norm={norm}").train()
     image, boxes = _scene(4, seed=6)
     out = model(image, boxes)
     out["pred_affinity"].sum().backward()

@@ -55,7 +55,8 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "model.crop.context=0.25")
     found["bce_crop"] = _checkpoint(root, "bce", *crop)
     found["bce_crop_replace"] = _checkpoint(root, "bce", *crop, "model.crop.fusion=replace",
-                                            "model.crop.width=16")  # a wide (word) crop
+                                            "model.crop.width=16",  # a wide (word) crop
+                                            "model.crop.norm=true")  # GroupNorm in the CNN
     return found
 
 

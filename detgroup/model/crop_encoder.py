@@ -6,8 +6,9 @@ through a 7 x 7 grid of those cells. :class:`CropEncoder` instead pools the box 
 *normalised pixels* with ``torchvision.ops.roi_align`` onto a ``size`` x ``size`` grid, or
 ``size`` x ``width`` (a word: 16 x 64), the box padded around its centre to the grid's aspect,
 so that its own aspect is kept, and grown by ``context`` x each side on both ends, then a four-
-layer CNN (three stride-2 stages) and a linear layer make one token [D] per box. Crops of all B
-x N boxes are one batch of the CNN: no loop over boxes. The crops are cut in ``forward`` from
+layer CNN (three stride-2 stages; with ``norm`` a GroupNorm after each convolution, per crop)
+and a linear layer make one token [D] per box. Crops of all B x N boxes are one batch of the
+CNN: no loop over boxes. The crops are cut in ``forward`` from
 the image the model is given, so any augmentation of the image and its boxes applies to them
 too.
 
@@ -36,6 +37,7 @@ from detgroup.errors import DetgroupError
 
 CROP_FUSIONS = ("add", "replace")
 MIN_CROP_SIZE = 8  # three stride-2 stages keep at least one cell
+CROP_NORM_GROUPS = 8  # GroupNorm groups of each convolution with ``norm`` (fewer if indivisible)
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ class CropEncoder(nn.Module):
 
     def __init__(self, *, size: int, context: float, channels: int, dim: int,
                  in_channels: int = 3, width: int = 0,
-                 augment: CropAugment | None = None) -> None:
+                 augment: CropAugment | None = None, norm: bool = False) -> None:
         super().__init__()
         self.augment = augment or CropAugment()
         if min(size, width or size) < MIN_CROP_SIZE:
@@ -150,12 +152,13 @@ class CropEncoder(nn.Module):
         self.width = width or size  # grid width (0: square)
         self.context = context
         c = channels
-        self.cnn = nn.Sequential(
-            nn.Conv2d(in_channels, c, 3, padding=1), nn.GELU(),
-            nn.Conv2d(c, c, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1), nn.GELU(),
-        )
+        layers: list[nn.Module] = []
+        for k, (cin, cout) in enumerate([(in_channels, c), (c, c), (c, 2 * c), (2 * c, 2 * c)]):
+            layers.append(nn.Conv2d(cin, cout, 3, stride=1 if k == 0 else 2, padding=1))
+            if norm:  # per crop, so padding boxes and batch composition change nothing
+                layers.append(nn.GroupNorm(math.gcd(CROP_NORM_GROUPS, cout), cout))
+            layers.append(nn.GELU())
+        self.cnn = nn.Sequential(*layers)
         rows, cols = size, self.width
         for _ in range(3):  # a stride-2, padding-1, 3 x 3 convolution
             rows, cols = (rows + 1) // 2, (cols + 1) // 2

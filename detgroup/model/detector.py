@@ -302,7 +302,7 @@ def build_model(cfg: Config, *, pretrained: bool = True) -> nn.Module:
     fusion = TokenFusion(dim=m.dim, parts=parts, mode=m.fusion) if parts > 1 else None
     crop_encoder = (CropEncoder(size=m.crop.size, context=m.crop.context,
                                 channels=m.crop.channels, dim=m.dim, width=m.crop.width,
-                                augment=CropAugment(**vars(m.crop.augment)))
+                                augment=CropAugment(**vars(m.crop.augment)), norm=m.crop.norm)
                     if m.crop.enabled else None)
     pc = m.pair_candidates
     candidates = None if pc.mode == "dense" else PairCandidates(
