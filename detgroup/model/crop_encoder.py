@@ -8,9 +8,8 @@ through a 7 x 7 grid of those cells. :class:`CropEncoder` instead pools the box 
 so that its own aspect is kept, and grown by ``context`` x each side on both ends, then a four-
 layer CNN (three stride-2 stages; with ``norm`` a GroupNorm after each convolution, per crop)
 and a linear layer make one token [D] per box. Crops of all B x N boxes are one batch of the
-CNN: no loop over boxes. The crops are cut in ``forward`` from
-the image the model is given, so any augmentation of the image and its boxes applies to them
-too.
+CNN: no loop over boxes. The crops are cut in ``forward`` from the image the model is given, so
+any augmentation of the image and its boxes applies to them too.
 
 ``augment`` (:class:`CropAugment`, training only, off by default) additionally warps each crop by
 its own random affine map (rotation, shear, scale, shift), drawn from ``torch``'s generator: the
